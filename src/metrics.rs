@@ -1,0 +1,384 @@
+//! Metric names, descriptions and the per-upstream handles that record them.
+//!
+//! Every metric name lives here, once. Handles are registered up front (per upstream, per label
+//! value) so the hot path only touches atomics: no registry lookup, no label allocation. Each
+//! sidepool instance owns its recorder instead of installing a global one, so several instances
+//! (tests) never share series. Only `pool` writes the pool gauges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::error::ErrorKind;
+
+/// Gauge: connections carrying a request now.
+pub const CONNECTIONS_ACTIVE: &str = "http_pool_connections_active";
+/// Gauge: open kept-alive connections waiting for reuse.
+pub const CONNECTIONS_IDLE: &str = "http_pool_connections_idle";
+/// Gauge: DNS + TCP + TLS handshakes in progress (they count toward the caps).
+pub const CONNECTIONS_CONNECTING: &str = "http_pool_connections_connecting";
+/// Gauge: requests queued for a free connection.
+pub const REQUESTS_WAITING: &str = "http_pool_requests_waiting";
+/// Gauge: the configured per-upstream cap.
+pub const CONNECTIONS_LIMIT: &str = "http_pool_connections_limit";
+/// Gauge, no upstream label: the configured cap over all upstreams together.
+pub const CONNECTIONS_MAX: &str = "http_pool_connections_max";
+/// Counter: upstream connections opened (handshake completed).
+pub const CONNECTIONS_OPENED: &str = "http_pool_connections_opened_total";
+/// Counter: requests sent on a connection that had served a request before.
+pub const CONNECTIONS_REUSED: &str = "http_pool_connections_reused_total";
+/// Counter, label `reason`: upstream connections closed.
+pub const CONNECTIONS_CLOSED: &str = "http_pool_connections_closed_total";
+/// Counter, label `status_class`: requests answered, by the status the client received.
+pub const REQUESTS: &str = "http_pool_requests_total";
+/// Counter, label `kind`: requests sidepool answered with its own error.
+pub const ERRORS: &str = "http_pool_errors_total";
+/// Counter, label `reason`: requests sent a second time (on a fresh connection).
+pub const RETRIES: &str = "http_pool_retries_total";
+/// Histogram: seconds from the request's arrival to the last response byte.
+pub const REQUEST_DURATION: &str = "http_pool_request_duration_seconds";
+/// Histogram: seconds a request waited for a connection (0 when one was free).
+pub const QUEUE_WAIT: &str = "http_pool_queue_wait_seconds";
+/// Histogram: seconds to open a connection (DNS + TCP + TLS).
+pub const CONNECT_DURATION: &str = "http_pool_connect_duration_seconds";
+/// Counter, label `result` (`hit`, `miss`, `static`): address lookups for new connections.
+pub const DNS_LOOKUPS: &str = "http_pool_dns_lookups_total";
+
+/// Histogram buckets in seconds: sub-millisecond pool hits up to minute-long exchanges.
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    60.0,
+];
+
+/// Why an upstream connection was closed (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Idle longer than `idle_timeout`.
+    IdleTimeout,
+    /// The upstream closed it (seen while idle or at checkout).
+    UpstreamClosed,
+    /// The upstream answered `Connection: close` (or HTTP/1.0).
+    ConnectionClose,
+    /// The response body was not read to the end (client gone, upstream body error).
+    Incomplete,
+    /// An I/O or protocol error while a request was on it.
+    Error,
+    /// A read or request timeout fired while a request was on it.
+    Timeout,
+    /// Closed while idle to free a slot for another upstream under the global cap.
+    Evicted,
+    /// The pool was shut down.
+    Shutdown,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 8] = [
+        CloseReason::IdleTimeout,
+        CloseReason::UpstreamClosed,
+        CloseReason::ConnectionClose,
+        CloseReason::Incomplete,
+        CloseReason::Error,
+        CloseReason::Timeout,
+        CloseReason::Evicted,
+        CloseReason::Shutdown,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::UpstreamClosed => "upstream_closed",
+            CloseReason::ConnectionClose => "connection_close",
+            CloseReason::Incomplete => "incomplete",
+            CloseReason::Error => "error",
+            CloseReason::Timeout => "timeout",
+            CloseReason::Evicted => "evicted",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a request was sent a second time (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// hyper handed the request back: not one byte of it left the process.
+    Unsent,
+    /// A bodiless GET/HEAD/OPTIONS whose reused connection failed before any response.
+    Idempotent,
+}
+
+impl RetryReason {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Unsent => "unsent",
+            RetryReason::Idempotent => "idempotent",
+        }
+    }
+}
+
+/// How the address for a new connection was found (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsResult {
+    /// Served from the cache.
+    Hit,
+    /// Resolved through DNS (successfully or not).
+    Miss,
+    /// From `dns.static`.
+    Static,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The metrics of one sidepool instance: its own recorder and the handle that renders it.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// Errors for requests that matched no upstream (label `upstream=""`).
+    unrouted: UpstreamMetrics,
+}
+
+impl Metrics {
+    /// A fresh registry with descriptions and histogram buckets set.
+    pub fn new(max_connections: usize) -> Arc<Metrics> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            .expect("the bucket list is a non-empty constant")
+            .build_recorder();
+        let handle = recorder.handle();
+        let unrouted = metrics::with_local_recorder(&recorder, || {
+            describe_all();
+            metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
+            UpstreamMetrics::register(Arc::from(""), 0)
+        });
+        Arc::new(Metrics {
+            recorder,
+            handle,
+            unrouted,
+        })
+    }
+
+    /// Registers (or returns again) every series of one upstream.
+    pub fn upstream(&self, name: &Arc<str>, limit: usize) -> UpstreamMetrics {
+        metrics::with_local_recorder(&self.recorder, || {
+            UpstreamMetrics::register(name.clone(), limit)
+        })
+    }
+
+    /// Metrics for requests that matched no upstream.
+    pub fn unrouted(&self) -> &UpstreamMetrics {
+        &self.unrouted
+    }
+
+    /// Prometheus text format 0.0.4.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram buffers; call periodically.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+/// Handles for one upstream's series, registered once; cloning shares the same series.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    pub(crate) active: Gauge,
+    pub(crate) idle: Gauge,
+    pub(crate) connecting: Gauge,
+    pub(crate) waiting: Gauge,
+    opened: Counter,
+    reused: Counter,
+    closed: [Counter; CloseReason::ALL.len()],
+    requests: [Counter; STATUS_CLASSES.len()],
+    errors: [Counter; ErrorKind::ALL.len()],
+    retries: [Counter; 2],
+    dns: [Counter; 3],
+    request_duration: Histogram,
+    queue_wait: Histogram,
+    connect_duration: Histogram,
+}
+
+impl UpstreamMetrics {
+    fn register(name: Arc<str>, limit: usize) -> UpstreamMetrics {
+        let label = move || name.clone();
+        metrics::gauge!(CONNECTIONS_LIMIT, "upstream" => label()).set(limit as f64);
+        UpstreamMetrics {
+            active: metrics::gauge!(CONNECTIONS_ACTIVE, "upstream" => label()),
+            idle: metrics::gauge!(CONNECTIONS_IDLE, "upstream" => label()),
+            connecting: metrics::gauge!(CONNECTIONS_CONNECTING, "upstream" => label()),
+            waiting: metrics::gauge!(REQUESTS_WAITING, "upstream" => label()),
+            opened: metrics::counter!(CONNECTIONS_OPENED, "upstream" => label()),
+            reused: metrics::counter!(CONNECTIONS_REUSED, "upstream" => label()),
+            closed: CloseReason::ALL.map(|reason| {
+                metrics::counter!(CONNECTIONS_CLOSED, "upstream" => label(), "reason" => reason.as_str())
+            }),
+            requests: STATUS_CLASSES.map(|class| {
+                metrics::counter!(REQUESTS, "upstream" => label(), "status_class" => class)
+            }),
+            errors: ErrorKind::ALL
+                .map(|kind| metrics::counter!(ERRORS, "upstream" => label(), "kind" => kind.as_str())),
+            retries: [RetryReason::Unsent, RetryReason::Idempotent].map(|reason| {
+                metrics::counter!(RETRIES, "upstream" => label(), "reason" => reason.as_str())
+            }),
+            dns: ["hit", "miss", "static"]
+                .map(|result| metrics::counter!(DNS_LOOKUPS, "upstream" => label(), "result" => result)),
+            request_duration: metrics::histogram!(REQUEST_DURATION, "upstream" => label()),
+            queue_wait: metrics::histogram!(QUEUE_WAIT, "upstream" => label()),
+            connect_duration: metrics::histogram!(CONNECT_DURATION, "upstream" => label()),
+        }
+    }
+
+    /// A connection finished its handshake.
+    pub fn connection_opened(&self, took: Duration) {
+        self.opened.increment(1);
+        self.connect_duration.record(took);
+    }
+
+    /// A request goes out on a connection that served one before.
+    pub fn connection_reused(&self) {
+        self.reused.increment(1);
+    }
+
+    /// A connection was closed.
+    pub fn connection_closed(&self, reason: CloseReason) {
+        let index = CloseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.closed[index].increment(1);
+    }
+
+    /// A request was answered with `status` after `took`, having waited `queue_wait` for a connection.
+    pub fn request_done(&self, status: u16, took: Duration, queue_wait: Option<Duration>) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[class].increment(1);
+        self.request_duration.record(took);
+        if let Some(wait) = queue_wait {
+            self.queue_wait.record(wait);
+        }
+    }
+
+    /// sidepool answered with its own error.
+    pub fn error(&self, kind: ErrorKind) {
+        let index = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.errors[index].increment(1);
+    }
+
+    /// A request was sent a second time.
+    pub fn retried(&self, reason: RetryReason) {
+        self.retries[reason as usize].increment(1);
+    }
+
+    /// An address lookup for a new connection.
+    pub fn dns_lookup(&self, result: DnsResult) {
+        self.dns[result as usize].increment(1);
+    }
+}
+
+fn describe_all() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        CONNECTIONS_ACTIVE,
+        "Upstream connections carrying a request now."
+    );
+    describe_gauge!(
+        CONNECTIONS_IDLE,
+        "Open kept-alive upstream connections waiting for reuse."
+    );
+    describe_gauge!(
+        CONNECTIONS_CONNECTING,
+        "Upstream handshakes (DNS + TCP + TLS) in progress; they count toward the caps."
+    );
+    describe_gauge!(
+        REQUESTS_WAITING,
+        "Requests queued for a free upstream connection."
+    );
+    describe_gauge!(
+        CONNECTIONS_LIMIT,
+        "Configured cap on open connections to this upstream."
+    );
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        "Configured cap on open upstream connections, all upstreams together."
+    );
+    describe_counter!(CONNECTIONS_OPENED, "Upstream connections opened.");
+    describe_counter!(
+        CONNECTIONS_REUSED,
+        "Requests sent on a kept-alive connection that served a request before."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Upstream connections closed, by reason."
+    );
+    describe_counter!(
+        REQUESTS,
+        "Requests answered, by the status class the client received."
+    );
+    describe_counter!(
+        ERRORS,
+        "Requests answered with an error made by sidepool, by kind."
+    );
+    describe_counter!(
+        RETRIES,
+        "Requests sent a second time on a fresh connection, by reason."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from a request's arrival to the last byte of its response."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time a request waited for a free connection."
+    );
+    describe_histogram!(
+        CONNECT_DURATION,
+        Unit::Seconds,
+        "Time to open an upstream connection (DNS + TCP + TLS)."
+    );
+    describe_counter!(
+        DNS_LOOKUPS,
+        "Address lookups for new connections: cache hit, miss (resolved) or static."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_are_isolated_and_render_labelled_series() {
+        let a = Metrics::new(100);
+        let b = Metrics::new(100);
+        let name: Arc<str> = Arc::from("bybit");
+        let m = a.upstream(&name, 30);
+        m.active.set(3.0);
+        m.connection_closed(CloseReason::Evicted);
+        m.request_done(204, Duration::from_millis(3), None);
+        let text = a.render();
+        assert!(
+            text.contains("http_pool_connections_active{upstream=\"bybit\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("http_pool_connections_limit{upstream=\"bybit\"} 30"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "http_pool_connections_closed_total{upstream=\"bybit\",reason=\"evicted\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("http_pool_requests_total{upstream=\"bybit\",status_class=\"2xx\"} 1"),
+            "{text}"
+        );
+        assert!(!b.render().contains("upstream=\"bybit\""));
+    }
+}
