@@ -1,4 +1,140 @@
-//! sidepool: an HTTP connection-pooling sidecar.
+//! sidepool: an HTTP connection-pooling sidecar for trading bots.
+//!
+//! Local clients speak plain HTTP/1.1 to sidepool (forward-proxy absolute-form through
+//! `HTTP_PROXY`, or route mode `/<upstream>/<path>`); sidepool forwards each request over a
+//! per-upstream pool of kept-alive, verified TLS connections, enforcing per-upstream and global
+//! caps with a bounded wait queue, and exports exact gauges on `/metrics`.
+//!
+//! Layout, one module per concern:
+//! - [`config`]: figment loading and validation into a typed [`config::Config`].
+//! - [`proxy`]: the proxy listener, routing, header rules, forwarding and the re-send rule.
+//! - [`pool`]: caps, the wait queue, idle reuse and reaping; the only writer of pool gauges.
+//! - [`connect`]: DNS (cached) + TCP + TLS to an upstream.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: every metric name, registered once per instance.
+//! - [`error`]: the error kinds and their responses.
+//! - [`cli`]: the command line (`run`, `check`, `health`).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod connect;
 pub mod error;
 pub mod metrics;
 pub mod pool;
+pub mod proxy;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::AdminState;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+/// How often histogram buffers are drained into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// A sidecar with its listeners bound, ready to [`Server::run`].
+pub struct Server {
+    config: Config,
+    proxy_listener: TcpListener,
+    admin_listener: TcpListener,
+    proxy: Arc<Proxy>,
+    admin: Arc<AdminState>,
+}
+
+impl Server {
+    /// Builds pools, connectors and metrics and binds both listeners.
+    pub async fn bind(config: Config) -> Result<Server, String> {
+        let metrics = Metrics::new(config.max_connections);
+        let proxy = Arc::new(Proxy::new(&config, metrics.clone())?);
+        let proxy_listener = TcpListener::bind(config.listen.proxy)
+            .await
+            .map_err(|e| format!("listen.proxy: cannot listen on {}: {e}", config.listen.proxy))?;
+        let admin_listener = TcpListener::bind(config.listen.admin)
+            .await
+            .map_err(|e| format!("listen.admin: cannot listen on {}: {e}", config.listen.admin))?;
+        Ok(Server {
+            config,
+            proxy_listener,
+            admin_listener,
+            proxy,
+            admin: Arc::new(AdminState {
+                metrics,
+                ready: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The bound proxy address (useful when the config asked for port 0).
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_listener.local_addr().unwrap_or(self.config.listen.proxy)
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.local_addr().unwrap_or(self.config.listen.admin)
+    }
+
+    /// Serves until `shutdown` resolves, then drains: `/readyz` turns 503, the proxy stops
+    /// accepting, in-flight requests finish within `listen.drain_timeout`, idle upstream
+    /// connections are closed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (proxy_addr, admin_addr) = (self.proxy_addr(), self.admin_addr());
+        let Server {
+            config,
+            proxy_listener,
+            admin_listener,
+            proxy,
+            admin,
+        } = self;
+        let (admin_stop, mut admin_stopped) = watch::channel(false);
+        let admin_task = tokio::spawn(admin::serve(admin_listener, admin.clone(), async move {
+            let _ = admin_stopped.wait_for(|stop| *stop).await;
+        }));
+        let reaper = pool::spawn_reaper(proxy.pools());
+        let upkeep_metrics = admin.metrics.clone();
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                tick.tick().await;
+                upkeep_metrics.run_upkeep();
+            }
+        });
+        admin.ready.store(true, Ordering::SeqCst);
+        tracing::info!(
+            proxy = %proxy_addr,
+            admin = %admin_addr,
+            upstreams = config.upstreams.len(),
+            "sidepool ready"
+        );
+        let ready = admin.clone();
+        let draining = async move {
+            shutdown.await;
+            ready.ready.store(false, Ordering::SeqCst);
+        };
+        proxy::serve(
+            proxy_listener,
+            proxy.clone(),
+            config.listen.header_read_timeout,
+            config.listen.drain_timeout,
+            draining,
+        )
+        .await;
+        proxy.pools().close_idle();
+        let _ = admin_stop.send(true);
+        let _ = admin_task.await;
+        reaper.abort();
+        upkeep.abort();
+        tracing::info!("sidepool stopped");
+    }
+}

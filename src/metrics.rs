@@ -252,14 +252,16 @@ impl UpstreamMetrics {
         self.closed[index].increment(1);
     }
 
-    /// A request was answered with `status` after `took`, having waited `queue_wait` for a connection.
-    pub fn request_done(&self, status: u16, took: Duration, queue_wait: Option<Duration>) {
+    /// A request was answered with `status` after `took`.
+    pub fn request_done(&self, status: u16, took: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.requests[class].increment(1);
         self.request_duration.record(took);
-        if let Some(wait) = queue_wait {
-            self.queue_wait.record(wait);
-        }
+    }
+
+    /// A request got a connection after waiting `wait` (zero when one was free at once).
+    pub fn queue_waited(&self, wait: Duration) {
+        self.queue_wait.record(wait);
     }
 
     /// sidepool answered with its own error.
@@ -359,7 +361,7 @@ mod tests {
         let m = a.upstream(&name, 30);
         m.active.set(3.0);
         m.connection_closed(CloseReason::Evicted);
-        m.request_done(204, Duration::from_millis(3), None);
+        m.request_done(204, Duration::from_millis(3));
         let text = a.render();
         assert!(
             text.contains("http_pool_connections_active{upstream=\"bybit\"} 3"),

@@ -1,0 +1,47 @@
+//! The rustls client configuration: web PKI roots plus configured CA files, ALPN `http/1.1`,
+//! session resumption on. One config is shared by every connection so resumption works.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+
+/// Builds the shared client config. Uses the ring provider explicitly, never the process
+/// default, so no other crate's feature choice can change or break it.
+pub fn client_config(extra_roots: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("tls.ca_files: a certificate cannot be used as a trust anchor: {e}"))?;
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Resumption is on by default (in-memory session cache inside this shared config).
+    Ok(Arc::new(config))
+}
+
+/// A message for a failed handshake that says what failed and what to do.
+pub fn describe_handshake_error(host: &str, addr: SocketAddr, err: &io::Error) -> String {
+    let detail = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map_or_else(|| err.to_string(), |tls| tls.to_string());
+    let hint = match err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(_)) => {
+            "; if the upstream uses a private CA, add it to tls.ca_files"
+        }
+        _ => "",
+    };
+    format!("TLS handshake with {host} ({addr}) failed: {detail}{hint}")
+}

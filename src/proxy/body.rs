@@ -1,0 +1,238 @@
+//! Bodies on both hops, streamed frame by frame, never buffered whole.
+//!
+//! [`RequestBody`] is what goes upstream: the client's body as it arrives, or nothing.
+//! [`ProxyBody`] is what goes back to the client: sidepool's own small reply, or the upstream's
+//! body wrapped so that the read and request timeouts keep running while it streams, and so
+//! the connection goes back to the pool exactly when its response has been read to the end.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::log::Completion;
+use crate::error::ErrorKind;
+use crate::metrics::CloseReason;
+use crate::pool::Pooled;
+
+use super::UpstreamConn;
+
+/// Errors a body can end with: hyper's, or a timeout while streaming.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body sent upstream.
+pub enum RequestBody {
+    /// The client's body, streamed as it arrives.
+    Client(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// The body sent back to the client.
+pub enum ProxyBody {
+    /// A reply made by sidepool (errors, admin pages).
+    Local(Option<Bytes>),
+    /// The upstream's response body.
+    Upstream(Box<UpstreamBody>),
+}
+
+impl ProxyBody {
+    /// A complete local body.
+    pub fn local(bytes: impl Into<Bytes>) -> Self {
+        ProxyBody::Local(Some(bytes.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Local(bytes) => Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(body) => Pin::new(body.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Local(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+            ProxyBody::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A timeout while the upstream's body was streaming; the client's connection is aborted
+/// because the status line has already been sent.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: the upstream body stalled or took too long; the response was cut short")]
+pub struct BodyTimeout {
+    /// `ReadTimeout` or `RequestTimeout`.
+    pub kind: ErrorKind,
+}
+
+/// The upstream's response body plus the connection it arrives on.
+pub struct UpstreamBody {
+    inner: Incoming,
+    /// Held until the body ends; then released for reuse (or closed).
+    pooled: Option<Pooled<UpstreamConn>>,
+    /// May the connection be reused once the body is read to the end?
+    reusable: bool,
+    /// Fires at the earlier of the read and request deadlines; re-armed lazily.
+    timer: Pin<Box<Sleep>>,
+    read_timeout: Duration,
+    deadline: Instant,
+    last_progress: Instant,
+    completion: Option<Completion>,
+}
+
+impl UpstreamBody {
+    /// Wraps `inner`, arriving on `pooled`, under the read timeout and the request `deadline`.
+    pub fn new(
+        inner: Incoming,
+        pooled: Pooled<UpstreamConn>,
+        reusable: bool,
+        read_timeout: Duration,
+        deadline: Instant,
+        completion: Completion,
+    ) -> Self {
+        let now = Instant::now();
+        let mut body = UpstreamBody {
+            inner,
+            pooled: Some(pooled),
+            reusable,
+            timer: Box::pin(tokio::time::sleep_until((now + read_timeout).min(deadline))),
+            read_timeout,
+            deadline,
+            last_progress: now,
+            completion: Some(completion),
+        };
+        if body.inner.is_end_stream() {
+            body.finish(true);
+        }
+        body
+    }
+
+    /// Ends the exchange: the connection is reused only after a complete, reusable response.
+    fn finish(&mut self, complete: bool) {
+        if let Some(pooled) = self.pooled.take() {
+            if complete && self.reusable {
+                pooled.release();
+            } else {
+                let mut pooled = pooled;
+                if complete {
+                    pooled.set_close_reason(CloseReason::ConnectionClose);
+                }
+                drop(pooled);
+            }
+        }
+        if let Some(completion) = self.completion.take() {
+            completion.finish(complete.then_some("complete").unwrap_or("incomplete"));
+        }
+    }
+
+    fn fail(&mut self, reason: CloseReason, outcome: &'static str) {
+        if let Some(mut pooled) = self.pooled.take() {
+            pooled.set_close_reason(reason);
+        }
+        if let Some(completion) = self.completion.take() {
+            completion.finish(outcome);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.pooled.is_none() && this.completion.is_none() && this.inner.is_end_stream() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.last_progress = Instant::now();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.fail(CloseReason::Error, "upstream_body_error");
+                Poll::Ready(Some(Err(err.into())))
+            }
+            Poll::Ready(None) => {
+                this.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Pending => loop {
+                ready!(this.timer.as_mut().poll(cx));
+                let now = Instant::now();
+                let read_deadline = this.last_progress + this.read_timeout;
+                if now >= this.deadline || now >= read_deadline {
+                    let kind = if now >= this.deadline {
+                        ErrorKind::RequestTimeout
+                    } else {
+                        ErrorKind::ReadTimeout
+                    };
+                    this.fail(CloseReason::Timeout, kind.as_str());
+                    return Poll::Ready(Some(Err(Box::new(BodyTimeout { kind }))));
+                }
+                // Bytes arrived since the timer was armed: move it instead of firing.
+                this.timer.as_mut().reset(read_deadline.min(this.deadline));
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Not read to the end (client gone or hyper stopped polling): never reuse.
+        if self.pooled.is_some() || self.completion.is_some() {
+            self.fail(CloseReason::Incomplete, "client_gone");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Header rules: hop-by-hop removal in both directions, size limits, and what counts as a
+//! secret for logging.
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderMap, HeaderName};
+
+use crate::error::{ErrorKind, ProxyError};
+
+/// Most request header bytes (names + values + request target) sidepool accepts; larger
+/// requests get 431 with the JSON error body.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most request header fields sidepool accepts; more get 431 with the JSON error body.
+pub const MAX_HEADER_COUNT: usize = 100;
+
+/// Headers that describe one hop, never the exchange (RFC 9110 7.6.1), plus the legacy
+/// `Proxy-Connection` and `Keep-Alive`. `Proxy-Authorization` is for sidepool, never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+/// `Transfer-Encoding` is also removed: hyper frames each hop's body itself.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// True when the response (or request) says the connection closes after it.
+pub fn says_close(headers: &HeaderMap, version: http::Version) -> bool {
+    let has_token = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match version {
+        http::Version::HTTP_10 | http::Version::HTTP_09 => !has_token("keep-alive"),
+        _ => has_token("close"),
+    }
+}
+
+/// 431 when the request's headers exceed sidepool's limits.
+pub fn check_size(headers: &HeaderMap, target_len: usize) -> Result<(), ProxyError> {
+    if headers.len() > MAX_HEADER_COUNT {
+        return Err(ProxyError::new(
+            ErrorKind::HeadersTooLarge,
+            format!(
+                "request has {} header fields; the limit is {MAX_HEADER_COUNT}",
+                headers.len()
+            ),
+        ));
+    }
+    let bytes = target_len
+        + headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(ProxyError::new(
+            ErrorKind::HeadersTooLarge,
+            format!("request headers are {bytes} bytes; the limit is {MAX_HEADER_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+/// True for headers whose values are credentials: `Authorization`, cookies, and the exchanges'
+/// key, signature and passphrase headers (`X-BAPI-*`, `X-MBX-APIKEY`, `OK-ACCESS-*`, ...).
+/// Errs on the side of redacting: any name mentioning a key, a signature, a secret, a token,
+/// a passphrase or auth counts.
+pub fn is_secret_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    const EXACT: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "set-cookie"];
+    const PREFIXES: [&str; 3] = ["x-bapi-", "ok-access-", "x-mbx-"];
+    const PARTS: [&str; 8] = ["key", "sign", "secret", "token", "pass", "auth", "cookie", "nonce"];
+    EXACT.contains(&name.as_str())
+        || PREFIXES.iter().any(|p| name.starts_with(p))
+        || PARTS.iter().any(|p| name.contains(p))
+}
+
+/// True for query parameters whose values are credentials (`signature`, `sign`, keys, tokens).
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    const PARTS: [&str; 6] = ["sign", "key", "secret", "token", "pass", "auth"];
+    PARTS.iter().any(|p| name.contains(p))
+}
+
+/// The path and query with secret query parameter values replaced by `REDACTED`.
+pub fn redact_path(path_and_query: &str) -> Cow<'_, str> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return Cow::Borrowed(path_and_query);
+    };
+    let secret = |pair: &str| is_secret_param(pair.split_once('=').map_or(pair, |(name, _)| name));
+    if !query.split('&').any(secret) {
+        return Cow::Borrowed(path_and_query);
+    }
+    let mut out = String::with_capacity(path_and_query.len());
+    out.push_str(path);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        if secret(pair) {
+            out.push_str(pair.split_once('=').map_or(pair, |(name, _)| name));
+            out.push_str("=REDACTED");
+        } else {
+            out.push_str(pair);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Headers formatted for trace logs, secret values replaced by `REDACTED`.
+pub fn redacted_headers(headers: &HeaderMap) -> String {
+    let mut out = String::new();
+    for (name, value) in headers {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(name.as_str());
+        out.push_str(": ");
+        if is_secret_header(name.as_str()) {
+            out.push_str("REDACTED");
+        } else {
+            out.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn strips_standard_and_connection_named_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert("x-bapi-api-key", HeaderValue::from_static("k"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-bapi-api-key"));
+    }
+
+    #[test]
+    fn close_detection_follows_version_defaults() {
+        let mut headers = HeaderMap::new();
+        assert!(!says_close(&headers, http::Version::HTTP_11));
+        assert!(says_close(&headers, http::Version::HTTP_10));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Close"));
+        assert!(says_close(&headers, http::Version::HTTP_11));
+    }
+
+    #[test]
+    fn secrets_are_recognised() {
+        for name in [
+            "Authorization",
+            "Cookie",
+            "Set-Cookie",
+            "X-BAPI-API-KEY",
+            "X-BAPI-SIGN",
+            "X-MBX-APIKEY",
+            "OK-ACCESS-PASSPHRASE",
+            "OK-ACCESS-SIGN",
+            "api-key",
+            "X-Signature",
+        ] {
+            assert!(is_secret_header(name), "{name}");
+        }
+        assert!(!is_secret_header("content-type"));
+    }
+
+    #[test]
+    fn secret_query_values_are_redacted() {
+        assert_eq!(
+            redact_path("/api/v3/order?symbol=BTCUSDT&timestamp=1&signature=abc123"),
+            "/api/v3/order?symbol=BTCUSDT&timestamp=1&signature=REDACTED"
+        );
+        assert_eq!(redact_path("/x?sign=1&apiKey=2"), "/x?sign=REDACTED&apiKey=REDACTED");
+        assert!(matches!(redact_path("/v5/market/tickers?category=spot"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn header_limits_give_431() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-big", HeaderValue::from_str(&"a".repeat(MAX_HEADER_BYTES)).unwrap());
+        assert_eq!(check_size(&headers, 10).unwrap_err().kind, ErrorKind::HeadersTooLarge);
+        let mut many = HeaderMap::new();
+        for i in 0..=MAX_HEADER_COUNT {
+            many.insert(HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(), HeaderValue::from_static("1"));
+        }
+        assert_eq!(check_size(&many, 10).unwrap_err().kind, ErrorKind::HeadersTooLarge);
+        assert!(check_size(&HeaderMap::new(), 10).is_ok());
+    }
+}

@@ -1,0 +1,71 @@
+//! The one log line (and the request metrics) per request, written when the response ends.
+//!
+//! Paths are logged with secret query values redacted; headers are logged only at trace level
+//! and only through [`super::headers::redacted_headers`]. Nothing else about a request is logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use http::uri::PathAndQuery;
+use tokio::time::Instant;
+
+use super::headers::redact_path;
+use crate::error::ProxyError;
+use crate::metrics::{RetryReason, UpstreamMetrics};
+
+/// What is known about a forwarded request when its response starts; logged when it ends.
+pub struct Completion {
+    pub(super) started: Instant,
+    pub(super) upstream: Arc<str>,
+    pub(super) metrics: UpstreamMetrics,
+    pub(super) method: Method,
+    pub(super) path: PathAndQuery,
+    pub(super) status: u16,
+    pub(super) reused: bool,
+    pub(super) queue_wait: Duration,
+    pub(super) retried: Option<RetryReason>,
+}
+
+impl Completion {
+    /// Records the request's metrics and writes its log line. `outcome` is `complete` when the
+    /// response was delivered to the end.
+    pub fn finish(self, outcome: &str) {
+        let took = self.started.elapsed();
+        self.metrics.request_done(self.status, took);
+        tracing::info!(
+            upstream = %self.upstream,
+            method = %self.method,
+            path = %redact_path(self.path.as_str()),
+            status = self.status,
+            duration_ms = took.as_secs_f64() * 1e3,
+            conn = if self.reused { "reused" } else { "new" },
+            queue_ms = self.queue_wait.as_secs_f64() * 1e3,
+            retry = self.retried.map_or("none", RetryReason::as_str),
+            outcome,
+            "request"
+        );
+    }
+}
+
+/// Records and logs a request answered with sidepool's own error.
+pub fn error_done(
+    err: &ProxyError,
+    metrics: &UpstreamMetrics,
+    method: &Method,
+    path: &str,
+    started: Instant,
+    queue_wait: Option<Duration>,
+) {
+    let took = started.elapsed();
+    metrics.error(err.kind);
+    metrics.request_done(err.kind.status().as_u16(), took);
+    let upstream = err.upstream.as_deref().unwrap_or("");
+    let path = redact_path(path);
+    let queue_ms = queue_wait.unwrap_or_default().as_secs_f64() * 1e3;
+    if err.kind.is_client_error() {
+        tracing::info!(upstream, method = %method, path = %path, status = err.kind.status().as_u16(), duration_ms = took.as_secs_f64() * 1e3, queue_ms, error = err.kind.as_str(), message = %err.message, "request refused");
+    } else {
+        tracing::warn!(upstream, method = %method, path = %path, status = err.kind.status().as_u16(), duration_ms = took.as_secs_f64() * 1e3, queue_ms, error = err.kind.as_str(), message = %err.message, "request failed");
+    }
+}
