@@ -27,9 +27,15 @@ pub struct AdminState {
 }
 
 /// Serves the admin endpoints until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -63,12 +69,18 @@ fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Byt
             "text/plain; version=0.0.4; charset=utf-8",
             Bytes::from(state.metrics.render()),
         ),
-        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"))
+        }
         (&Method::GET | &Method::HEAD, "/readyz") => {
             if state.ready.load(Ordering::SeqCst) {
                 (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
             } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", Bytes::from_static(b"not ready\n"))
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    Bytes::from_static(b"not ready\n"),
+                )
             }
         }
         (_, "/metrics" | "/healthz" | "/readyz") => (
@@ -84,8 +96,9 @@ fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Byt
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     response
 }

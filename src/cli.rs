@@ -69,12 +69,16 @@ fn parse(args: &[String]) -> Result<Command, String> {
                 return Ok(v);
             }
             i += 1;
-            rest.get(i).cloned().ok_or_else(|| format!("{name} needs a value"))
+            rest.get(i)
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
         };
         match flag {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
-            "-c" | "--config" if sub != "health" => config = Some(PathBuf::from(value("--config")?)),
+            "-c" | "--config" if sub != "health" => {
+                config = Some(PathBuf::from(value("--config")?))
+            }
             "--admin" if sub == "health" => admin = Some(value("--admin")?),
             other => return Err(format!("unexpected argument {other:?}")),
         }
@@ -123,11 +127,15 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 fn error_lines(text: &str) -> String {
-    text.lines().map(|line| format!("error: {line}\n")).collect()
+    text.lines()
+        .map(|line| format!("error: {line}\n"))
+        .collect()
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
@@ -195,7 +203,11 @@ pub fn init_logging(log: &LogConfig) {
         .with_ansi(ansi);
     let result = match log.format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
     };
     if let Err(err) = result {
         eprintln!("warning: logging was already set up: {err}");
@@ -216,13 +228,20 @@ fn health(admin: Option<String>) -> ExitCode {
     // A listener on 0.0.0.0 or [::] is reached through loopback.
     let addr = if addr.ip().is_unspecified() {
         SocketAddr::new(
-            if addr.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(std::net::Ipv6Addr::LOCALHOST) },
+            if addr.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            },
             addr.port(),
         )
     } else {
         addr
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: {err}");
@@ -281,10 +300,18 @@ mod tests {
 
     #[test]
     fn parses_the_contract_commands() {
-        assert!(matches!(parse(&args(&[])), Ok(Command::Run(p)) if p == PathBuf::from(DEFAULT_CONFIG)));
-        assert!(matches!(parse(&args(&["--config", "x.toml"])), Ok(Command::Run(p)) if p == PathBuf::from("x.toml")));
-        assert!(matches!(parse(&args(&["check", "--config=y.toml"])), Ok(Command::Check(p)) if p == PathBuf::from("y.toml")));
-        assert!(matches!(parse(&args(&["health", "--admin", "127.0.0.1:1"])), Ok(Command::Health(Some(a))) if a == "127.0.0.1:1"));
+        assert!(
+            matches!(parse(&args(&[])), Ok(Command::Run(p)) if p == PathBuf::from(DEFAULT_CONFIG))
+        );
+        assert!(
+            matches!(parse(&args(&["--config", "x.toml"])), Ok(Command::Run(p)) if p == PathBuf::from("x.toml"))
+        );
+        assert!(
+            matches!(parse(&args(&["check", "--config=y.toml"])), Ok(Command::Check(p)) if p == PathBuf::from("y.toml"))
+        );
+        assert!(
+            matches!(parse(&args(&["health", "--admin", "127.0.0.1:1"])), Ok(Command::Health(Some(a))) if a == "127.0.0.1:1")
+        );
         assert!(matches!(parse(&args(&["--version"])), Ok(Command::Version)));
         assert!(parse(&args(&["--bogus"])).is_err());
         assert!(parse(&args(&["--config"])).is_err());

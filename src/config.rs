@@ -45,20 +45,26 @@ const OVERRIDABLE: &[&str] = &[
 /// Validated configuration. Cannot hold invalid values.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `[listen]`.
     pub listen: ListenConfig,
     /// pool.max_connections: cap on open upstream connections, all upstreams together.
     pub max_connections: usize,
     /// Sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[dns]`.
     pub dns: DnsConfig,
+    /// `[tls]`.
     pub tls: TlsConfig,
+    /// `[log]`.
     pub log: LogConfig,
 }
 
 /// `[listen]`: where the proxy and admin listeners bind, and their timeouts.
 #[derive(Debug, Clone)]
 pub struct ListenConfig {
+    /// Plain HTTP/1.1 listener for local clients.
     pub proxy: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
     pub admin: SocketAddr,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub drain_timeout: Duration,
@@ -79,17 +85,24 @@ pub struct UpstreamConfig {
     pub port: u16,
     /// Value for the Host header: host, or host:port when the port is not the scheme default; IPv6 bracketed.
     pub authority: String,
+    /// Caps and timeouts, `[pool]` with this upstream's overrides.
     pub limits: Limits,
 }
 
 /// Per-upstream pool limits: the `[pool]` values with the upstream's overrides applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Cap on connecting + idle + active connections to this upstream.
     pub max_connections_per_host: usize,
+    /// Idle kept-alive connections are closed after this.
     pub idle_timeout: Duration,
+    /// DNS + TCP + TLS handshake.
     pub connect_timeout: Duration,
+    /// Longest gap between bytes from the upstream.
     pub read_timeout: Duration,
+    /// Whole exchange, first byte sent to last byte received.
     pub request_timeout: Duration,
+    /// Longest wait for a free connection.
     pub queue_timeout: Duration,
 }
 
@@ -116,13 +129,16 @@ pub struct TlsConfig {
 pub struct LogConfig {
     /// An `EnvFilter` directive string (already checked to parse).
     pub level: String,
+    /// Text or JSON lines.
     pub format: LogFormat,
 }
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -741,7 +757,9 @@ impl Loader {
         if let Some(pool) = pool {
             // Inherited per-host caps are checked once, on the [pool] key, not once per upstream.
             let inheriting = self.inheriting_upstreams();
-            if pool.max_connections_per_host > pool.max_connections && !inheriting.is_empty() {
+            let over =
+                pool.max_connections > 0 && pool.max_connections_per_host > pool.max_connections;
+            if over && !inheriting.is_empty() {
                 let message = format!(
                     "{} is more than pool.max_connections ({}) for upstreams {}; lower it or raise \
                      pool.max_connections",
@@ -755,10 +773,11 @@ impl Loader {
         let mut seen: BTreeMap<(String, u16), String> = BTreeMap::new();
         for u in &out {
             if let Some(first) = seen.insert((u.host.clone(), u.port), u.name.clone()) {
+                let addr = SocketAddrText(&u.host, u.port);
                 let message = format!(
-                    "upstreams `{first}` and `{}` both point at {}:{}; forward-proxy mode could not \
-                     choose between them: keep one",
-                    u.name, u.authority, u.port
+                    "upstreams `{first}` and `{}` both point at {addr}; forward-proxy mode could \
+                     not choose between them: keep one",
+                    u.name
                 );
                 self.problem(key(&["upstreams", &u.name, "url"]), message);
                 ok = false;
@@ -795,6 +814,7 @@ impl Loader {
                 self.problem(k("max_connections_per_host"), "must be at least 1");
                 ok = false;
             } else if let Some(max) = pool.map(|p| p.max_connections)
+                && max > 0
                 && cap > max
             {
                 let message = format!(
@@ -845,6 +865,18 @@ impl Loader {
             authority: target.authority,
             limits,
         })
+    }
+}
+
+/// `host:port`, with an IPv6 host bracketed.
+struct SocketAddrText<'a>(&'a str, u16);
+
+impl fmt::Display for SocketAddrText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.contains(':') {
+            true => write!(f, "[{}]:{}", self.0, self.1),
+            false => write!(f, "{}:{}", self.0, self.1),
+        }
     }
 }
 
@@ -911,11 +943,20 @@ fn parse_upstream_url(url: &str) -> Result<Target, Vec<String>> {
     let Some(authority) = authority.filter(|_| errs.is_empty()) else {
         return Err(errs);
     };
-    let bracketed = authority.host().to_ascii_lowercase();
-    let host = bracketed
+    let raw_host = authority.host().to_ascii_lowercase();
+    let mut host = raw_host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
+    // Canonical IP literals ("[0::1]" is "::1"), so equal addresses match and compare equal.
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        host = ip.to_string();
+    }
+    let bracketed = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
     let default_port = if tls { 443 } else { 80 };
     let port = authority.port_u16().unwrap_or(default_port);
     let authority = if port == default_port {
@@ -1390,11 +1431,23 @@ mod tests {
              [upstreams.two]\nurl = \"https://api.example.com:443/\"\n\
              [upstreams.three]\nurl = \"http://api.example.com\"\n",
         );
+        let p = one(&ps, "upstreams.two.url");
         assert_eq!(ps.len(), 1, "{ps:#?}");
-        let p = &ps[0];
         assert!(
             p.message.contains("`one` and `two`") && p.message.contains("api.example.com:443"),
             "{p}"
+        );
+    }
+
+    #[test]
+    fn duplicate_ipv6_with_explicit_port() {
+        let ps = problems(
+            "[upstreams.a]\nurl = \"https://[::1]:8443\"\n[upstreams.b]\nurl = \"https://[0::1]:8443\"\n",
+        );
+        assert!(
+            one(&ps, "upstreams.b.url")
+                .message
+                .contains("`a` and `b` both point at [::1]:8443")
         );
     }
 

@@ -57,12 +57,18 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, String> {
         let metrics = Metrics::new(config.max_connections);
         let proxy = Arc::new(Proxy::new(&config, metrics.clone())?);
-        let proxy_listener = TcpListener::bind(config.listen.proxy)
-            .await
-            .map_err(|e| format!("listen.proxy: cannot listen on {}: {e}", config.listen.proxy))?;
-        let admin_listener = TcpListener::bind(config.listen.admin)
-            .await
-            .map_err(|e| format!("listen.admin: cannot listen on {}: {e}", config.listen.admin))?;
+        let proxy_listener = TcpListener::bind(config.listen.proxy).await.map_err(|e| {
+            format!(
+                "listen.proxy: cannot listen on {}: {e}",
+                config.listen.proxy
+            )
+        })?;
+        let admin_listener = TcpListener::bind(config.listen.admin).await.map_err(|e| {
+            format!(
+                "listen.admin: cannot listen on {}: {e}",
+                config.listen.admin
+            )
+        })?;
         Ok(Server {
             config,
             proxy_listener,
@@ -77,12 +83,16 @@ impl Server {
 
     /// The bound proxy address (useful when the config asked for port 0).
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy_listener.local_addr().unwrap_or(self.config.listen.proxy)
+        self.proxy_listener
+            .local_addr()
+            .unwrap_or(self.config.listen.proxy)
     }
 
     /// The bound admin address.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_listener.local_addr().unwrap_or(self.config.listen.admin)
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.listen.admin)
     }
 
     /// Serves until `shutdown` resolves, then drains: `/readyz` turns 503, the proxy stops

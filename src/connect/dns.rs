@@ -29,7 +29,10 @@ impl Resolver {
             Ok(builder) => builder,
             Err(err) => {
                 tracing::warn!(error = %err, "no usable system DNS configuration; only dns.static, /etc/hosts and IP literals will resolve");
-                TokioResolver::builder_with_config(ResolverConfig::default(), TokioRuntimeProvider::default())
+                TokioResolver::builder_with_config(
+                    ResolverConfig::default(),
+                    TokioRuntimeProvider::default(),
+                )
             }
         };
         let options = builder.options_mut();
@@ -41,9 +44,12 @@ impl Resolver {
             Ok(resolver) => resolver,
             Err(err) => {
                 tracing::warn!(error = %err, "DNS resolver setup failed; falling back to an empty configuration");
-                TokioResolver::builder_with_config(ResolverConfig::default(), TokioRuntimeProvider::default())
-                    .build()
-                    .expect("a resolver with an empty configuration always builds")
+                TokioResolver::builder_with_config(
+                    ResolverConfig::default(),
+                    TokioRuntimeProvider::default(),
+                )
+                .build()
+                .expect("a resolver with an empty configuration always builds")
             }
         };
         Resolver { inner, max_ttl }
@@ -64,7 +70,11 @@ pub struct DnsCache {
 
 impl DnsCache {
     /// The addresses of `host`, from the cache while fresh, else from DNS.
-    pub async fn lookup(&self, resolver: &Resolver, host: &str) -> (Result<Arc<[IpAddr]>, String>, DnsResult) {
+    pub async fn lookup(
+        &self,
+        resolver: &Resolver,
+        host: &str,
+    ) -> (Result<Arc<[IpAddr]>, String>, DnsResult) {
         let now = Instant::now();
         if let Some(entry) = self.cached(now) {
             return (entry.result, DnsResult::Hit);

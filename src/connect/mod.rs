@@ -91,11 +91,12 @@ impl Connector {
         metrics: UpstreamMetrics,
     ) -> Result<Connector, String> {
         let server_name = if upstream.tls {
-            Some(
-                ServerName::try_from(upstream.host.clone()).map_err(|e| {
-                    format!("upstream {:?}: host {:?} is not a valid TLS server name: {e}", upstream.name, upstream.host)
-                })?,
-            )
+            Some(ServerName::try_from(upstream.host.clone()).map_err(|e| {
+                format!(
+                    "upstream {:?}: host {:?} is not a valid TLS server name: {e}",
+                    upstream.name, upstream.host
+                )
+            })?)
         } else {
             None
         };
@@ -117,10 +118,14 @@ impl Connector {
     }
 
     /// DNS + TCP + TLS within `timeout`. Returns the stream and how long it took.
-    pub async fn connect(&self, timeout: Duration) -> Result<(UpstreamStream, Duration), ConnectError> {
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+    ) -> Result<(UpstreamStream, Duration), ConnectError> {
         let started = Instant::now();
         let mut step = Step::Resolve;
-        match tokio::time::timeout(timeout, self.connect_steps(started + timeout, &mut step)).await {
+        match tokio::time::timeout(timeout, self.connect_steps(started + timeout, &mut step)).await
+        {
             Ok(Ok(stream)) => Ok((stream, started.elapsed())),
             Ok(Err(err)) => Err(err),
             Err(_elapsed) => {
@@ -137,7 +142,11 @@ impl Connector {
         }
     }
 
-    async fn connect_steps(&self, deadline: Instant, step: &mut Step) -> Result<UpstreamStream, ConnectError> {
+    async fn connect_steps(
+        &self,
+        deadline: Instant,
+        step: &mut Step,
+    ) -> Result<UpstreamStream, ConnectError> {
         let addrs = self.resolve().await?;
         *step = Step::Tcp;
         let (tcp, addr) = self.dial(&addrs, deadline).await?;
@@ -169,7 +178,11 @@ impl Connector {
 
     /// Tries every address in turn; each attempt gets an equal share of the time left, so one
     /// black-holed address cannot use up the whole connect timeout.
-    async fn dial(&self, addrs: &[IpAddr], deadline: Instant) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    async fn dial(
+        &self,
+        addrs: &[IpAddr],
+        deadline: Instant,
+    ) -> Result<(TcpStream, SocketAddr), ConnectError> {
         let mut failures = String::new();
         for (i, ip) in addrs.iter().enumerate() {
             let addr = SocketAddr::new(*ip, self.port);
@@ -182,10 +195,18 @@ impl Connector {
                     return Ok((tcp, addr));
                 }
                 Ok(Err(err)) => {
-                    let _ = write!(failures, "{}{addr}: {err}", if failures.is_empty() { "" } else { "; " });
+                    let _ = write!(
+                        failures,
+                        "{}{addr}: {err}",
+                        if failures.is_empty() { "" } else { "; " }
+                    );
                 }
                 Err(_) => {
-                    let _ = write!(failures, "{}{addr}: no answer within {share:?}", if failures.is_empty() { "" } else { "; " });
+                    let _ = write!(
+                        failures,
+                        "{}{addr}: no answer within {share:?}",
+                        if failures.is_empty() { "" } else { "; " }
+                    );
                 }
             }
         }

@@ -14,15 +14,16 @@ pub fn client_config(extra_roots: &[CertificateDer<'static>]) -> Result<Arc<Clie
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in extra_roots {
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("tls.ca_files: a certificate cannot be used as a trust anchor: {e}"))?;
+        roots.add(cert.clone()).map_err(|e| {
+            format!("tls.ca_files: a certificate cannot be used as a trust anchor: {e}")
+        })?;
     }
-    let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup failed: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Resumption is on by default (in-memory session cache inside this shared config).
     Ok(Arc::new(config))

@@ -107,12 +107,18 @@ pub async fn send(upstream: &Upstream, req: Request<RequestBody>) -> Result<Sent
                 let error = if Instant::now() >= deadline {
                     ProxyError::new(
                         ErrorKind::RequestTimeout,
-                        format!("no response within request_timeout ({:?}); the request may have reached the upstream and was not re-sent", limits.request_timeout),
+                        format!(
+                            "no response within request_timeout ({:?}); the request may have reached the upstream and was not re-sent",
+                            limits.request_timeout
+                        ),
                     )
                 } else {
                     ProxyError::new(
                         ErrorKind::ReadTimeout,
-                        format!("no response within read_timeout ({:?}); the request may have reached the upstream and was not re-sent", limits.read_timeout),
+                        format!(
+                            "no response within read_timeout ({:?}); the request may have reached the upstream and was not re-sent",
+                            limits.read_timeout
+                        ),
                     )
                 };
                 return Err(Failed {
@@ -130,7 +136,10 @@ pub async fn send(upstream: &Upstream, req: Request<RequestBody>) -> Result<Sent
 }
 
 /// A connection ready to carry a request, and how long the caller queued for it.
-async fn acquire(upstream: &Upstream, fresh: bool) -> Result<(Pooled<UpstreamConn>, Duration), ProxyError> {
+async fn acquire(
+    upstream: &Upstream,
+    fresh: bool,
+) -> Result<(Pooled<UpstreamConn>, Duration), ProxyError> {
     let started = Instant::now();
     let metrics = upstream.pool.metrics();
     for skip in 0..=STALE_SKIPS {
@@ -155,7 +164,11 @@ async fn acquire(upstream: &Upstream, fresh: bool) -> Result<(Pooled<UpstreamCon
             Acquired::Reused(mut pooled) => {
                 // hyper finishes reading the previous response in the connection task; wait for
                 // it, and skip a connection that turns out closed (nothing was sent on it).
-                let ready = tokio::time::timeout(upstream.limits.connect_timeout, pooled.conn().send.ready()).await;
+                let ready = tokio::time::timeout(
+                    upstream.limits.connect_timeout,
+                    pooled.conn().send.ready(),
+                )
+                .await;
                 if matches!(ready, Ok(Ok(()))) {
                     metrics.queue_waited(waited);
                     metrics.connection_reused();
@@ -165,11 +178,17 @@ async fn acquire(upstream: &Upstream, fresh: bool) -> Result<(Pooled<UpstreamCon
             }
         }
     }
-    Err(ProxyError::new(ErrorKind::UpstreamFailed, "no usable connection").with_upstream(&upstream.name))
+    Err(
+        ProxyError::new(ErrorKind::UpstreamFailed, "no usable connection")
+            .with_upstream(&upstream.name),
+    )
 }
 
 /// Opens a connection in a reserved slot. On failure the slot is dropped, which hands it on.
-async fn open(upstream: &Upstream, slot: Connecting<UpstreamConn>) -> Result<Pooled<UpstreamConn>, ProxyError> {
+async fn open(
+    upstream: &Upstream,
+    slot: Connecting<UpstreamConn>,
+) -> Result<Pooled<UpstreamConn>, ProxyError> {
     let (stream, took) = upstream
         .connector
         .connect(upstream.limits.connect_timeout)
@@ -179,8 +198,11 @@ async fn open(upstream: &Upstream, slot: Connecting<UpstreamConn>) -> Result<Poo
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|err| {
-            ProxyError::new(ErrorKind::UpstreamFailed, format!("HTTP/1.1 setup failed: {err}"))
-                .with_upstream(&upstream.name)
+            ProxyError::new(
+                ErrorKind::UpstreamFailed,
+                format!("HTTP/1.1 setup failed: {err}"),
+            )
+            .with_upstream(&upstream.name)
         })?;
     let id = slot.id();
     let pool = Arc::downgrade(slot.pool());

@@ -94,9 +94,16 @@ pub fn check_size(headers: &HeaderMap, target_len: usize) -> Result<(), ProxyErr
 /// a passphrase or auth counts.
 pub fn is_secret_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    const EXACT: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "set-cookie"];
+    const EXACT: [&str; 4] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    ];
     const PREFIXES: [&str; 3] = ["x-bapi-", "ok-access-", "x-mbx-"];
-    const PARTS: [&str; 8] = ["key", "sign", "secret", "token", "pass", "auth", "cookie", "nonce"];
+    const PARTS: [&str; 8] = [
+        "key", "sign", "secret", "token", "pass", "auth", "cookie", "nonce",
+    ];
     EXACT.contains(&name.as_str())
         || PREFIXES.iter().any(|p| name.starts_with(p))
         || PARTS.iter().any(|p| name.contains(p))
@@ -161,11 +168,20 @@ mod tests {
     #[test]
     fn strips_standard_and_connection_named_headers() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Hop"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Hop"),
+        );
         headers.insert("x-hop", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         headers.insert("x-bapi-api-key", HeaderValue::from_static("k"));
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1, "{headers:?}");
@@ -206,20 +222,38 @@ mod tests {
             redact_path("/api/v3/order?symbol=BTCUSDT&timestamp=1&signature=abc123"),
             "/api/v3/order?symbol=BTCUSDT&timestamp=1&signature=REDACTED"
         );
-        assert_eq!(redact_path("/x?sign=1&apiKey=2"), "/x?sign=REDACTED&apiKey=REDACTED");
-        assert!(matches!(redact_path("/v5/market/tickers?category=spot"), Cow::Borrowed(_)));
+        assert_eq!(
+            redact_path("/x?sign=1&apiKey=2"),
+            "/x?sign=REDACTED&apiKey=REDACTED"
+        );
+        assert!(matches!(
+            redact_path("/v5/market/tickers?category=spot"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
     fn header_limits_give_431() {
         let mut headers = HeaderMap::new();
-        headers.insert("x-big", HeaderValue::from_str(&"a".repeat(MAX_HEADER_BYTES)).unwrap());
-        assert_eq!(check_size(&headers, 10).unwrap_err().kind, ErrorKind::HeadersTooLarge);
+        headers.insert(
+            "x-big",
+            HeaderValue::from_str(&"a".repeat(MAX_HEADER_BYTES)).unwrap(),
+        );
+        assert_eq!(
+            check_size(&headers, 10).unwrap_err().kind,
+            ErrorKind::HeadersTooLarge
+        );
         let mut many = HeaderMap::new();
         for i in 0..=MAX_HEADER_COUNT {
-            many.insert(HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(), HeaderValue::from_static("1"));
+            many.insert(
+                HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
         }
-        assert_eq!(check_size(&many, 10).unwrap_err().kind, ErrorKind::HeadersTooLarge);
+        assert_eq!(
+            check_size(&many, 10).unwrap_err().kind,
+            ErrorKind::HeadersTooLarge
+        );
         assert!(check_size(&HeaderMap::new(), 10).is_ok());
     }
 }

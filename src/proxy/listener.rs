@@ -67,8 +67,18 @@ pub async fn serve(
     }
     drop(listener);
     let open = graceful.count();
-    tracing::info!(open_connections = open, ?drain_timeout, "stopped accepting; draining");
-    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain_timeout, "drain_timeout elapsed; closing the remaining client connections");
+    tracing::info!(
+        open_connections = open,
+        ?drain_timeout,
+        "stopped accepting; draining"
+    );
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain_timeout,
+            "drain_timeout elapsed; closing the remaining client connections"
+        );
     }
 }

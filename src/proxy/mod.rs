@@ -88,8 +88,9 @@ impl Proxy {
             .iter()
             .zip(pools.pools())
             .map(|(u, pool)| {
-                let authority = HeaderValue::from_str(&u.authority)
-                    .map_err(|_| format!("upstream {:?}: invalid authority {:?}", u.name, u.authority))?;
+                let authority = HeaderValue::from_str(&u.authority).map_err(|_| {
+                    format!("upstream {:?}: invalid authority {:?}", u.name, u.authority)
+                })?;
                 let connector = Connector::new(shared.clone(), u, config, pool.metrics().clone())?;
                 Ok(Upstream {
                     name: pool.name().clone(),
@@ -133,7 +134,9 @@ impl Proxy {
         // sidepool answers `Expect: 100-continue` itself (hyper sends the 100 when the body is
         // first read); the upstream gets the body without waiting.
         parts.headers.remove(header::EXPECT);
-        parts.headers.insert(header::HOST, upstream.authority.clone());
+        parts
+            .headers
+            .insert(header::HOST, upstream.authority.clone());
         parts.uri = Uri::from(path.clone());
         parts.version = Version::HTTP_11;
         let body = if body.is_end_stream() {

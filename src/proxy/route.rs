@@ -59,7 +59,11 @@ impl Routes {
         }
     }
 
-    fn absolute_form(&self, uri: &Uri, authority: &http::uri::Authority) -> Result<Route, ProxyError> {
+    fn absolute_form(
+        &self,
+        uri: &Uri,
+        authority: &http::uri::Authority,
+    ) -> Result<Route, ProxyError> {
         if authority.as_str().contains('@') {
             return Err(ProxyError::new(
                 ErrorKind::BadRequest,
@@ -99,7 +103,9 @@ impl Routes {
                     .ok_or_else(|| {
                         ProxyError::new(
                             ErrorKind::NotAllowed,
-                            format!("{host} has several configured ports; name the port in the URL"),
+                            format!(
+                                "{host} has several configured ports; name the port in the URL"
+                            ),
                         )
                     })?,
             },
@@ -119,7 +125,9 @@ impl Routes {
         let Some(rest) = target.strip_prefix('/') else {
             return Err(ProxyError::new(
                 ErrorKind::BadRequest,
-                format!("unsupported request target {target:?}; use /<upstream>/<path> or an absolute http:// URL through HTTP_PROXY"),
+                format!(
+                    "unsupported request target {target:?}; use /<upstream>/<path> or an absolute http:// URL through HTTP_PROXY"
+                ),
             ));
         };
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -189,7 +197,10 @@ mod tests {
 
     #[test]
     fn route_mode_strips_the_name_and_keeps_the_query() {
-        assert_eq!(resolve("/bybit/v5/market/tickers?category=spot&symbol=BTCUSDT"), Ok((0, "/v5/market/tickers?category=spot&symbol=BTCUSDT".into())));
+        assert_eq!(
+            resolve("/bybit/v5/market/tickers?category=spot&symbol=BTCUSDT"),
+            Ok((0, "/v5/market/tickers?category=spot&symbol=BTCUSDT".into()))
+        );
         assert_eq!(resolve("/bybit"), Ok((0, "/".into())));
         assert_eq!(resolve("/bybit?x=1"), Ok((0, "/?x=1".into())));
         assert_eq!(resolve("/unknown/x"), Err(ErrorKind::NotAllowed));
@@ -199,14 +210,30 @@ mod tests {
 
     #[test]
     fn absolute_form_matches_host_and_port() {
-        assert_eq!(resolve("http://API.BYBIT.COM/v5/x?a=b"), Ok((0, "/v5/x?a=b".into())));
+        assert_eq!(
+            resolve("http://API.BYBIT.COM/v5/x?a=b"),
+            Ok((0, "/v5/x?a=b".into()))
+        );
         assert_eq!(resolve("http://exchange.test:9443/p"), Ok((2, "/p".into())));
-        assert_eq!(resolve("http://exchange.test:1234/p"), Err(ErrorKind::NotAllowed));
-        assert_eq!(resolve("http://exchange.test/p"), Err(ErrorKind::NotAllowed), "ambiguous without a port");
+        assert_eq!(
+            resolve("http://exchange.test:1234/p"),
+            Err(ErrorKind::NotAllowed)
+        );
+        assert_eq!(
+            resolve("http://exchange.test/p"),
+            Err(ErrorKind::NotAllowed),
+            "ambiguous without a port"
+        );
         assert_eq!(resolve("http://evil.example/p"), Err(ErrorKind::NotAllowed));
-        assert_eq!(resolve("http://api.bybit.com.evil.example/p"), Err(ErrorKind::NotAllowed));
+        assert_eq!(
+            resolve("http://api.bybit.com.evil.example/p"),
+            Err(ErrorKind::NotAllowed)
+        );
         assert_eq!(resolve("http://127.0.0.1/p"), Err(ErrorKind::NotAllowed));
-        assert_eq!(resolve("http://user:pw@api.bybit.com/p"), Err(ErrorKind::BadRequest));
+        assert_eq!(
+            resolve("http://user:pw@api.bybit.com/p"),
+            Err(ErrorKind::BadRequest)
+        );
         assert_eq!(resolve("http://api.bybit.com"), Ok((0, "/".into())));
     }
 }
