@@ -177,7 +177,7 @@ impl UpstreamBody {
             }
         }
         if let Some(completion) = self.completion.take() {
-            completion.finish(complete.then_some("complete").unwrap_or("incomplete"));
+            completion.finish(if complete { "complete" } else { "incomplete" });
         }
     }
 
@@ -206,6 +206,11 @@ impl Body for UpstreamBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.last_progress = Instant::now();
+                // hyper stops polling a body whose length is known once it reports its end, so
+                // the exchange is complete now, not at a final `None` that may never be asked for.
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {

@@ -1,1 +1,23 @@
+//! Integration tests: sidepool over real loopback sockets against an in-process TLS exchange.
+//! One test binary keeps link time down; one module per feature.
 
+mod support;
+
+/// Route mode, forward-proxy mode, Host rewrite, hop-by-hop headers, byte-exact queries.
+mod addressing;
+/// Byte-exact bodies both ways: fixed, chunked, 5 MB streamed, Expect: 100-continue.
+mod bodies;
+/// Config errors and env overrides through the built binary (`sidepool check`).
+mod cli;
+/// 400, 403, 405, 431 and the 502/503/504 kinds.
+mod errors;
+/// Gauges exact during and after load, after cancellations and after idle_timeout.
+mod gauges;
+/// Secrets never reach the logs, at trace level.
+mod logs;
+/// Connection reuse, per-host and global caps.
+mod pooling;
+/// The re-send rule: a GET survives a stale connection, a POST is never sent twice.
+mod retries;
+/// SIGTERM drains in-flight requests.
+mod shutdown;

@@ -1,0 +1,43 @@
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::harness::{Process, config_toml, get, https, send_fresh};
+use crate::support::upstream::{Reply, TestUpstream};
+
+#[tokio::test]
+async fn sigterm_drains_an_in_flight_request_then_exits_0() {
+    let upstream = TestUpstream::builder()
+        .handler(|_| Reply::json(200, "{\"filled\":true}").delay(Duration::from_millis(500)))
+        .start()
+        .await;
+    let port = upstream.port();
+    let mut sidepool = Process::start(
+        "drain",
+        move |proxy, admin| {
+            config_toml("", &[https("ex", "exchange.test", port)])
+                .replace(
+                    "proxy = \"127.0.0.1:0\"",
+                    &format!("proxy = \"127.0.0.1:{proxy}\""),
+                )
+                .replace(
+                    "admin = \"127.0.0.1:0\"",
+                    &format!("admin = \"127.0.0.1:{admin}\""),
+                )
+        },
+        &[],
+    )
+    .await;
+    let proxy = sidepool.proxy;
+    let order = tokio::spawn(async move { send_fresh(proxy, get("/ex/order")).await });
+    upstream.wait_requests(1).await;
+    sidepool.signal("TERM");
+    let (status, _, body) = order.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "the in-flight request finished");
+    assert_eq!(body.as_ref(), b"{\"filled\":true}");
+    assert_eq!(sidepool.wait_exit().await, Some(0));
+    assert!(
+        tokio::net::TcpStream::connect(proxy).await.is_err(),
+        "no longer accepting"
+    );
+}
