@@ -248,7 +248,9 @@ fn health(admin: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tokio::time::timeout(Duration::from_secs(3), readyz(addr))) {
+    match runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(3), readyz(addr)).await })
+    {
         Ok(Ok(200)) => {
             println!("ready");
             ExitCode::SUCCESS

@@ -109,3 +109,40 @@ async fn hop_by_hop_headers_are_dropped_both_ways_and_nothing_is_added() {
     assert!(response_headers.get("keep-alive").is_none());
     assert_eq!(response_headers.get("x-end-to-end").unwrap(), "kept");
 }
+
+#[tokio::test]
+async fn names_resolve_through_the_resolver_and_answers_are_cached() {
+    // No dns.static entry for localhost: the address comes from the resolver (hosts file).
+    // Every response says `Connection: close`, so each request needs a new connection.
+    let upstream = TestUpstream::builder()
+        .handler(|_| crate::support::upstream::Reply::json(200, "{}").close())
+        .start()
+        .await;
+    let sidepool = Sidepool::start(&config_toml(
+        "",
+        &[https("ex", "localhost", upstream.port())],
+    ))
+    .await;
+    for path in ["/ex/first", "/ex/second"] {
+        let (status, _, _) = send_fresh(sidepool.proxy, get(path)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(upstream.stats().tcp_connections, 2);
+    let text = sidepool.metrics().await;
+    assert!(
+        text.contains("http_pool_dns_lookups_total{upstream=\"ex\",result=\"miss\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("http_pool_dns_lookups_total{upstream=\"ex\",result=\"hit\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "http_pool_connections_closed_total{upstream=\"ex\",reason=\"connection_close\"} 2"
+        ),
+        "a response that says close is never pooled: {text}"
+    );
+    let host = format!("localhost:{}", upstream.port());
+    assert_eq!(upstream.received()[0].header("host"), Some(host.as_str()));
+}

@@ -110,3 +110,40 @@ fn version_and_help() {
     let out = binary().arg("--frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn health_subcommand_reports_readiness() {
+    let upstream = crate::support::upstream::TestUpstream::builder()
+        .start()
+        .await;
+    let sidepool = crate::support::harness::Sidepool::start(&config_toml(
+        "",
+        &[https("ex", "exchange.test", upstream.port())],
+    ))
+    .await;
+    let admin = sidepool.admin.to_string();
+    let ready = tokio::task::spawn_blocking(move || {
+        binary()
+            .args(["health", "--admin", &admin])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        ready.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ready.stdout)
+    );
+    let nobody = format!("127.0.0.1:{}", crate::support::harness::closed_port());
+    let down = tokio::task::spawn_blocking(move || {
+        binary()
+            .args(["health", "--admin", &nobody])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+}

@@ -65,3 +65,49 @@ async fn secrets_never_reach_the_logs_even_at_trace_level() {
     );
     let _ = StatusCode::OK;
 }
+
+#[tokio::test]
+async fn json_logs_carry_one_line_per_request_with_its_fields() {
+    let upstream = TestUpstream::builder().start().await;
+    let port = upstream.port();
+    let mut sidepool = Process::start(
+        "json-logs",
+        move |proxy, admin| {
+            config_toml("", &[https("ex", "exchange.test", port)])
+                .replace(
+                    "proxy = \"127.0.0.1:0\"",
+                    &format!("proxy = \"127.0.0.1:{proxy}\""),
+                )
+                .replace(
+                    "admin = \"127.0.0.1:0\"",
+                    &format!("admin = \"127.0.0.1:{admin}\""),
+                )
+                + "\n[log]\nformat = \"json\"\n"
+        },
+        &[],
+    )
+    .await;
+    let response = raw(
+        sidepool.proxy,
+        b"GET /ex/v5/market/time HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    sidepool.signal("INT");
+    assert_eq!(sidepool.wait_exit().await, Some(0));
+    let log = sidepool.log_text();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "request")
+        .unwrap_or_else(|| panic!("no JSON request line in:\n{log}"));
+    assert_eq!(line["upstream"], "ex");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/v5/market/time");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["conn"], "new");
+    assert!(
+        line["duration_ms"].as_f64().is_some() && line["queue_ms"].as_f64().is_some(),
+        "{line}"
+    );
+}

@@ -41,3 +41,42 @@ async fn sigterm_drains_an_in_flight_request_then_exits_0() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn readyz_turns_503_while_draining_and_healthz_stays_200() {
+    use crate::support::harness::Sidepool;
+    let upstream = TestUpstream::builder()
+        .handler(|_| Reply::json(200, "{}").delay(Duration::from_millis(600)))
+        .start()
+        .await;
+    let sidepool = Sidepool::start(&config_toml(
+        "",
+        &[https("ex", "exchange.test", upstream.port())],
+    ))
+    .await;
+    let (admin, proxy) = (sidepool.admin, sidepool.proxy);
+    assert_eq!(send_fresh(admin, get("/readyz")).await.0, StatusCode::OK);
+    assert_eq!(send_fresh(admin, get("/healthz")).await.0, StatusCode::OK);
+    assert_eq!(
+        send_fresh(admin, get("/nope")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let order = tokio::spawn(async move { send_fresh(proxy, get("/ex/order")).await.0 });
+    upstream.wait_requests(1).await;
+    let stopping = tokio::spawn(sidepool.shutdown());
+    let deadline = tokio::time::Instant::now() + crate::support::harness::PATIENCE;
+    while send_fresh(admin, get("/readyz")).await.0 != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(send_fresh(admin, get("/healthz")).await.0, StatusCode::OK);
+    assert_eq!(
+        order.await.unwrap(),
+        StatusCode::OK,
+        "the in-flight request finished"
+    );
+    stopping.await.unwrap();
+}
