@@ -151,7 +151,7 @@ impl Metrics {
         let unrouted = metrics::with_local_recorder(&recorder, || {
             describe_all();
             metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
-            UpstreamMetrics::register(Arc::from(""), 0)
+            UpstreamMetrics::register_unrouted()
         });
         Arc::new(Metrics {
             recorder,
@@ -229,6 +229,32 @@ impl UpstreamMetrics {
             request_duration: metrics::histogram!(REQUEST_DURATION, "upstream" => label()),
             queue_wait: metrics::histogram!(QUEUE_WAIT, "upstream" => label()),
             connect_duration: metrics::histogram!(CONNECT_DURATION, "upstream" => label()),
+        }
+    }
+
+    /// Only the request series, labelled `upstream=""`: requests that matched no upstream have
+    /// no pool, so they get no pool gauges or connection counters.
+    fn register_unrouted() -> UpstreamMetrics {
+        let label = || "";
+        UpstreamMetrics {
+            active: Gauge::noop(),
+            idle: Gauge::noop(),
+            connecting: Gauge::noop(),
+            waiting: Gauge::noop(),
+            opened: Counter::noop(),
+            reused: Counter::noop(),
+            closed: CloseReason::ALL.map(|_| Counter::noop()),
+            requests: STATUS_CLASSES.map(
+                |class| metrics::counter!(REQUESTS, "upstream" => label(), "status_class" => class),
+            ),
+            errors: ErrorKind::ALL.map(
+                |kind| metrics::counter!(ERRORS, "upstream" => label(), "kind" => kind.as_str()),
+            ),
+            retries: [Counter::noop(), Counter::noop()],
+            dns: [Counter::noop(), Counter::noop(), Counter::noop()],
+            request_duration: metrics::histogram!(REQUEST_DURATION, "upstream" => label()),
+            queue_wait: Histogram::noop(),
+            connect_duration: Histogram::noop(),
         }
     }
 
@@ -382,5 +408,9 @@ mod tests {
             "{text}"
         );
         assert!(!b.render().contains("upstream=\"bybit\""));
+        assert!(
+            !text.contains("http_pool_connections_active{upstream=\"\"}"),
+            "requests that matched no upstream have no pool gauges: {text}"
+        );
     }
 }
