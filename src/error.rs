@@ -61,6 +61,12 @@ impl ErrorKind {
     ];
 
     /// The stable identifier used in `x-sidepool-error`, the JSON body and metric labels.
+    ///
+    /// ```
+    /// use sidepool::error::ErrorKind;
+    /// assert_eq!(ErrorKind::PoolTimeout.as_str(), "pool_timeout");
+    /// assert_eq!(ErrorKind::PoolTimeout.status(), 503);
+    /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorKind::BadRequest => "bad_request",

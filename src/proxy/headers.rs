@@ -106,6 +106,13 @@ fn is_secret_param(name: &str) -> bool {
 }
 
 /// The path and query with secret query parameter values replaced by `REDACTED`.
+///
+/// ```
+/// assert_eq!(
+///     sidepool::proxy::redact_path("/api/v3/order?symbol=BTCUSDT&signature=abc"),
+///     "/api/v3/order?symbol=BTCUSDT&signature=REDACTED"
+/// );
+/// ```
 pub fn redact_path(path_and_query: &str) -> Cow<'_, str> {
     let Some((path, query)) = path_and_query.split_once('?') else {
         return Cow::Borrowed(path_and_query);
