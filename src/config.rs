@@ -68,7 +68,8 @@ pub struct ListenConfig {
     pub admin: SocketAddr,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub drain_timeout: Duration,
-    /// Longest time a client may take to send its request headers.
+    /// Longest time a client may take to send a request's headers; also how long an idle
+    /// kept-alive client connection stays open (hyper times both with one timer).
     pub header_read_timeout: Duration,
 }
 
@@ -247,7 +248,7 @@ impl Default for RawDefaults {
                 proxy: "127.0.0.1:8080".into(),
                 admin: "127.0.0.1:9901".into(),
                 drain_timeout: Duration::from_secs(30),
-                header_read_timeout: Duration::from_secs(10),
+                header_read_timeout: Duration::from_secs(30),
             },
             pool: RawPool {
                 max_connections: 100,
@@ -1170,7 +1171,7 @@ mod tests {
             assert_eq!(c.listen.proxy, "127.0.0.1:8080".parse().unwrap());
             assert_eq!(c.listen.admin, "127.0.0.1:9901".parse().unwrap());
             assert_eq!(c.listen.drain_timeout, Duration::from_secs(30));
-            assert_eq!(c.listen.header_read_timeout, Duration::from_secs(10));
+            assert_eq!(c.listen.header_read_timeout, Duration::from_secs(30));
             assert_eq!(c.max_connections, 100);
             assert_eq!(c.dns.max_ttl, Duration::from_secs(300));
             assert!(c.dns.static_hosts.is_empty());

@@ -286,3 +286,31 @@ async fn dead_upstream_does_not_disturb_the_others() {
     let (status, _, _) = send_fresh(sidepool.proxy, get("/ex/x")).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn slow_client_is_disconnected_after_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TestUpstream::builder().start().await;
+    let toml = config_toml("", &[https("ex", "exchange.test", upstream.port())]).replace(
+        "drain_timeout = \"5s\"",
+        "drain_timeout = \"5s\"\nheader_read_timeout = \"300ms\"",
+    );
+    let sidepool = Sidepool::start(&toml).await;
+    let mut slow = tokio::net::TcpStream::connect(sidepool.proxy)
+        .await
+        .unwrap();
+    slow.write_all(b"GET /ex/x HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the half-sent request was not cut off");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert_eq!(upstream.stats().requests, 0);
+    let (status, _, _) = send_fresh(sidepool.proxy, get("/ex/others-still-served")).await;
+    assert_eq!(status, StatusCode::OK);
+}
