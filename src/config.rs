@@ -1690,7 +1690,7 @@ mod tests {
         let text = c.to_toml();
         for needle in [
             "proxy = \"127.0.0.1:8080\"",
-            "header_read_timeout = \"10s\"",
+            "header_read_timeout = \"30s\"",
             "max_connections = 100",
             "\"a.example\" = \"::1\"",
             "format = \"text\"",
