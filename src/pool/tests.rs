@@ -311,3 +311,179 @@ async fn connection_lost_while_idle_leaves_the_pool() {
     assert_eq!(pool.counts(), counts(0, 0, 0, 0));
     assert_eq!(set.open_total(), 0);
 }
+
+/// A small deterministic generator, so the model test needs no extra crate and each seed
+/// replays exactly.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Drives three pools under a global cap with random checkouts (plain and fresh), connects,
+/// connect failures, releases, closes, cancellations, upstream closes and time jumps, and
+/// checks after every step that the counts match a simple model, that no cap is exceeded,
+/// that the gauges equal the counts, and that no waiter is left waiting while it could be
+/// served (no lost wake-up).
+#[tokio::test(start_paused = true)]
+async fn random_operations_keep_counts_caps_and_gauges_exact() {
+    use std::collections::HashMap;
+    use tokio::sync::mpsc;
+
+    const CAPS: [usize; 3] = [2, 3, 2];
+    const GLOBAL: usize = 4;
+    for seed in [1u64, 42, 98765] {
+        let (set, metrics) = pools(GLOBAL, &CAPS);
+        let mut rng = XorShift(seed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut pending: HashMap<u64, (usize, tokio::task::JoinHandle<()>)> = HashMap::new();
+        let mut held_pooled: Vec<(usize, Pooled<FakeConn>)> = Vec::new();
+        let mut held_slots: Vec<(usize, Connecting<FakeConn>)> = Vec::new();
+        let mut next_task = 0u64;
+        let mut flags: Vec<Arc<AtomicBool>> = Vec::new();
+        for step in 0..1500 {
+            match rng.below(10) {
+                0..=2 => {
+                    let index = rng.below(CAPS.len());
+                    let fresh = rng.below(8) == 0;
+                    let pool = set.pools()[index].clone();
+                    let tx = tx.clone();
+                    let id = next_task;
+                    next_task += 1;
+                    let task = tokio::spawn(async move {
+                        let result = pool.checkout(fresh).await;
+                        let _ = tx.send((id, index, result));
+                    });
+                    pending.insert(id, (index, task));
+                }
+                3 if !held_slots.is_empty() => {
+                    let (index, slot) = held_slots.swap_remove(rng.below(held_slots.len()));
+                    if rng.below(4) == 0 {
+                        drop(slot); // connect failed
+                    } else {
+                        let conn = FakeConn::new("n");
+                        flags.push(conn.closed.clone());
+                        held_pooled.push((index, slot.established(conn)));
+                    }
+                }
+                4 | 5 if !held_pooled.is_empty() => {
+                    let (_, pooled) = held_pooled.swap_remove(rng.below(held_pooled.len()));
+                    pooled.release();
+                }
+                6 if !held_pooled.is_empty() => {
+                    let (_, pooled) = held_pooled.swap_remove(rng.below(held_pooled.len()));
+                    drop(pooled); // not reusable
+                }
+                7 if !pending.is_empty() => {
+                    let key = *pending.keys().nth(rng.below(pending.len())).unwrap();
+                    let (_, task) = pending.remove(&key).unwrap();
+                    task.abort(); // the client went away while queued
+                    let _ = task.await;
+                }
+                8 if !flags.is_empty() => {
+                    // The upstream closes a connection (idle or busy) behind the pool's back.
+                    flags[rng.below(flags.len())].store(true, Ordering::SeqCst);
+                }
+                _ => {
+                    tokio::time::advance(Duration::from_millis(rng.below(3000) as u64)).await;
+                    for pool in set.pools() {
+                        pool.reap(Instant::now());
+                    }
+                }
+            }
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+            while let Ok((id, index, result)) = rx.try_recv() {
+                if pending.remove(&id).is_none() {
+                    // Aborted after its result was sent: the guard in the message drops here.
+                    continue;
+                }
+                match result {
+                    Ok(Acquired::Reused(mut pooled)) => {
+                        assert!(
+                            !pooled.conn().is_closed(),
+                            "seed {seed} step {step}: handed out a closed connection"
+                        );
+                        held_pooled.push((index, pooled));
+                    }
+                    Ok(Acquired::Connect(slot)) => held_slots.push((index, slot)),
+                    Err(CheckoutError::QueueTimeout) => {}
+                    Err(CheckoutError::Closed) => panic!("seed {seed} step {step}: pool closed"),
+                }
+            }
+            // Rendering is the slow part of a step; the counts are checked every step.
+            let text = if step % 10 == 0 {
+                metrics.render()
+            } else {
+                String::new()
+            };
+            let mut open_sum = 0;
+            for (index, pool) in set.pools().iter().enumerate() {
+                let c = pool.counts();
+                let name = ["a", "b", "c"][index];
+                let ctx = format!("seed {seed} step {step} pool {name}: {c:?}");
+                let active = held_pooled.iter().filter(|(i, _)| *i == index).count();
+                let connecting = held_slots.iter().filter(|(i, _)| *i == index).count();
+                let waiting = pending.values().filter(|(i, _)| *i == index).count();
+                assert_eq!(c.active, active, "{ctx}");
+                assert_eq!(c.connecting, connecting, "{ctx}");
+                assert_eq!(c.waiting, waiting, "{ctx}");
+                let open = c.active + c.idle + c.connecting;
+                assert!(open <= CAPS[index], "{ctx}: over its cap");
+                open_sum += open;
+                for (gauge, value) in [
+                    ("http_pool_connections_active", c.active),
+                    ("http_pool_connections_idle", c.idle),
+                    ("http_pool_connections_connecting", c.connecting),
+                    ("http_pool_requests_waiting", c.waiting),
+                ] {
+                    let line = format!("{gauge}{{upstream=\"{name}\"}} {value}\n");
+                    assert!(
+                        text.is_empty() || text.contains(&line),
+                        "{ctx}: gauge {gauge} != {value}"
+                    );
+                }
+            }
+            assert!(
+                open_sum <= GLOBAL,
+                "seed {seed} step {step}: over the global cap"
+            );
+            assert_eq!(
+                set.open_total(),
+                open_sum,
+                "seed {seed} step {step}: global count drifted"
+            );
+            for (index, pool) in set.pools().iter().enumerate() {
+                let c = pool.counts();
+                if c.waiting > 0 {
+                    let open = c.active + c.idle + c.connecting;
+                    let others_idle: usize = set
+                        .pools()
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != index)
+                        .map(|(_, p)| p.counts().idle)
+                        .sum();
+                    assert!(
+                        open == CAPS[index] || (set.open_total() == GLOBAL && others_idle == 0),
+                        "seed {seed} step {step}: pool {index} has waiters it could serve: {c:?}, open total {}",
+                        set.open_total()
+                    );
+                }
+            }
+        }
+        for (_, (_, task)) in pending.drain() {
+            task.abort();
+        }
+    }
+}
