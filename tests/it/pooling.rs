@@ -117,3 +117,27 @@ async fn global_cap_holds_across_two_upstreams() {
         .collect();
     assert_eq!(hosts.len(), 2, "both upstreams were served: {hosts:?}");
 }
+
+#[tokio::test]
+async fn new_connections_resume_the_tls_session() {
+    // Every response closes its connection, so each request needs a new TLS handshake.
+    let upstream = TestUpstream::builder()
+        .handler(|_| Reply::json(200, "{}").close())
+        .start()
+        .await;
+    let sidepool = Sidepool::start(&config_toml(
+        "",
+        &[https("ex", "exchange.test", upstream.port())],
+    ))
+    .await;
+    for i in 0..3 {
+        let (status, _, _) = send_fresh(sidepool.proxy, get(&format!("/ex/r?i={i}"))).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let stats = upstream.stats();
+    assert_eq!(stats.tcp_connections, 3);
+    assert!(
+        stats.tls_resumed >= 2,
+        "later handshakes resumed the session: {stats:?}"
+    );
+}

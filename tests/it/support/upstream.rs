@@ -288,7 +288,8 @@ pub struct Stats {
     pub max_in_flight: usize,
     /// Requests received (recorded; bodies complete).
     pub requests: usize,
-    /// Times the idle timer (`idle_close_after`) closed a connection.
+    /// Times the idle timer (`idle_close_after`) closed a connection, including connections
+    /// that sent nothing during the TLS handshake for that long.
     pub idle_closes: usize,
     /// Handler panics (each answered with a 500).
     pub handler_panics: usize,
@@ -320,7 +321,8 @@ impl TestUpstreamBuilder {
     /// Close a kept-alive connection after it has been idle this long (no request in flight,
     /// no response being sent), like an exchange's keep-alive timeout. The close is graceful
     /// (TLS close_notify, then FIN). A request whose head hyper has already started to parse
-    /// when the timer fires is still answered, with `connection: close`.
+    /// when the timer fires is still answered, with `connection: close`. The same limit
+    /// bounds the TLS handshake, so a client that connects and sends nothing is closed too.
     pub fn idle_close_after(mut self, idle: Duration) -> Self {
         self.idle_close_after = Some(idle);
         self
@@ -551,20 +553,44 @@ impl Drop for OpenGuard {
 
 async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream, conn_id: u64, open: OpenGuard) {
     let _open = open;
-    match shared.tls.clone() {
-        None => serve_http(shared, tcp, conn_id).await,
-        Some(acceptor) => match acceptor.accept(tcp).await {
-            Ok(tls) => {
-                let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
-                shared.update(|s| {
-                    s.tls_handshakes += 1;
-                    s.tls_resumed += usize::from(resumed);
-                });
-                serve_http(shared, tls, conn_id).await;
+    let Some(acceptor) = shared.tls.clone() else {
+        return serve_http(shared, tcp, conn_id).await;
+    };
+    if let Some(tls) = handshake(&shared, &acceptor, tcp).await {
+        let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+        shared.update(|s| {
+            s.tls_handshakes += 1;
+            s.tls_resumed += usize::from(resumed);
+        });
+        serve_http(shared, tls, conn_id).await;
+    }
+}
+
+/// The TLS handshake, limited by `idle_close_after` if set (a client that connects and sends
+/// nothing is idle too). Failures are counted, not reported: tests cause them on purpose
+/// (the client rejects the certificate, or hangs up).
+async fn handshake(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let accept = acceptor.accept(tcp);
+    let result = match shared.idle_close_after {
+        None => accept.await,
+        Some(idle) => match tokio::time::timeout(idle, accept).await {
+            Ok(result) => result,
+            Err(_) => {
+                shared.update(|s| s.idle_closes += 1);
+                return None;
             }
-            // Expected in tests: the client rejected the certificate, or hung up.
-            Err(_) => shared.update(|s| s.tls_failures += 1),
         },
+    };
+    match result {
+        Ok(tls) => Some(tls),
+        Err(_) => {
+            shared.update(|s| s.tls_failures += 1);
+            None
+        }
     }
 }
 
@@ -803,16 +829,8 @@ async fn handle(
                 .body(body)
                 .expect("static response parts are valid"));
         }
-        Reply::Reset | Reply::Close => {
-            let kill = if matches!(reply, Reply::Reset) {
-                Kill::Reset
-            } else {
-                Kill::Close
-            };
-            // The connection task drops this future along with the connection.
-            conn.kill.send_replace(Some(kill));
-            return std::future::pending().await;
-        }
+        Reply::Reset => return kill_and_wait(&conn, Kill::Reset).await,
+        Reply::Close => return kill_and_wait(&conn, Kill::Close).await,
     };
 
     if let Some(delay) = spec.delay {
@@ -838,6 +856,12 @@ async fn handle(
     *response.status_mut() = spec.status;
     *response.headers_mut() = spec.headers;
     Ok(response)
+}
+
+/// Asks the connection task to end the connection; it drops this request's future with it.
+async fn kill_and_wait(conn: &ConnState, kill: Kill) -> Result<Response<ReplyBody>, Infallible> {
+    conn.kill.send_replace(Some(kill));
+    std::future::pending().await
 }
 
 async fn wait_release(shared: &Shared, seen: u64) {
