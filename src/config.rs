@@ -297,8 +297,8 @@ struct RawUpstream {
 impl Config {
     /// defaults < file (must exist: missing file is a problem with key "config") < SIDEPOOL_ env.
     ///
-    /// `SIDEPOOL_CONFIG` is ignored (it names the file, it is not a key); every other `SIDEPOOL_`
-    /// variable must map to a key. Lists from env are TOML-like: `SIDEPOOL_TLS__CA_FILES='["a.pem"]'`.
+    /// `SIDEPOOL_CONFIG` is ignored (reserved: it is not a config key; the file comes from
+    /// `--config`); every other `SIDEPOOL_` variable must map to a key. Lists from env are TOML-like: `SIDEPOOL_TLS__CA_FILES='["a.pem"]'`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let label = path.display().to_string();
         if !path.is_file() {

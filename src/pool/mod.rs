@@ -95,7 +95,7 @@ impl<C: Poolable> PoolSet<C> {
                     next_id: AtomicU64::new(1),
                     state: Mutex::new(State::default()),
                 });
-                pool.publish(&pool.lock());
+                pool.publish(&mut pool.lock());
                 pool
             })
             .collect();
@@ -231,7 +231,7 @@ impl<C: Poolable> Global<C> {
         }
         let evicted = state.idle.remove(0);
         pool.metrics.connection_closed(CloseReason::Evicted);
-        pool.publish(&state);
+        pool.publish(&mut state);
         drop(state);
         drop(evicted);
         true
@@ -255,6 +255,8 @@ struct State<C> {
     active: usize,
     connecting: usize,
     waiters: VecDeque<WaiterEntry<C>>,
+    /// The gauge values last set: (active, idle, connecting, waiting).
+    published: [usize; 4],
 }
 
 impl<C> Default for State<C> {
@@ -264,6 +266,7 @@ impl<C> Default for State<C> {
             active: 0,
             connecting: 0,
             waiters: VecDeque::new(),
+            published: [usize::MAX; 4],
         }
     }
 }
@@ -354,11 +357,30 @@ impl<C: Poolable> Pool<C> {
     }
 
     /// Sets the gauges from the counts; called in every critical section that changes them.
-    fn publish(&self, state: &State<C>) {
-        self.metrics.active.set(state.active as f64);
-        self.metrics.idle.set(state.idle.len() as f64);
-        self.metrics.connecting.set(state.connecting as f64);
-        self.metrics.waiting.set(state.waiters.len() as f64);
+    /// Gauges that fall are set before gauges that rise, so a scrape taken between two of the
+    /// stores never shows more connections than exist (active + idle + connecting stays within
+    /// the cap in every scrape).
+    fn publish(&self, state: &mut State<C>) {
+        let now = [
+            state.active,
+            state.idle.len(),
+            state.connecting,
+            state.waiters.len(),
+        ];
+        let gauges = [
+            &self.metrics.active,
+            &self.metrics.idle,
+            &self.metrics.connecting,
+            &self.metrics.waiting,
+        ];
+        for rising in [false, true] {
+            for ((gauge, value), before) in gauges.iter().zip(now).zip(state.published) {
+                if value != before && (value > before) == rising {
+                    gauge.set(value as f64);
+                }
+            }
+        }
+        state.published = now;
         debug_assert!(state.open() <= self.limits.max_connections);
         debug_assert!(state.waiters.is_empty() || state.idle.is_empty());
     }
@@ -396,7 +418,7 @@ impl<C: Poolable> Pool<C> {
                     continue;
                 }
                 state.active += 1;
-                self.publish(&state);
+                self.publish(&mut state);
                 drop(state);
                 self.release_global(freed);
                 return Ok(Acquired::Reused(Pooled::new(
@@ -435,7 +457,7 @@ impl<C: Poolable> Pool<C> {
         }
         if slot {
             state.connecting += 1;
-            self.publish(&state);
+            self.publish(&mut state);
             drop(state);
             self.release_global(freed);
             return Ok(Acquired::Connect(Connecting::new(
@@ -552,7 +574,7 @@ impl<C: Poolable> Pool<C> {
                 });
             }
         }
-        self.publish(&state);
+        self.publish(&mut state);
         drop(state);
         self.release_global(freed);
     }
@@ -563,7 +585,7 @@ impl<C: Poolable> Pool<C> {
         state.active -= 1;
         self.metrics.connection_closed(reason);
         let freed = self.slot_freed(&mut state);
-        self.publish(&state);
+        self.publish(&mut state);
         drop(state);
         self.release_global(freed);
     }
@@ -573,7 +595,7 @@ impl<C: Poolable> Pool<C> {
         let mut state = self.lock();
         state.connecting -= 1;
         state.active += 1;
-        self.publish(&state);
+        self.publish(&mut state);
     }
 
     /// A reserved slot was not used (connect failed or was cancelled).
@@ -581,7 +603,7 @@ impl<C: Poolable> Pool<C> {
         let mut state = self.lock();
         state.connecting -= 1;
         let freed = self.slot_freed(&mut state);
-        self.publish(&state);
+        self.publish(&mut state);
         drop(state);
         self.release_global(freed);
     }
@@ -595,7 +617,7 @@ impl<C: Poolable> Pool<C> {
         };
         let lost = state.idle.remove(pos);
         self.metrics.connection_closed(CloseReason::UpstreamClosed);
-        self.publish(&state);
+        self.publish(&mut state);
         drop(state);
         drop(lost);
         self.release_global(1);
@@ -621,7 +643,7 @@ impl<C: Poolable> Pool<C> {
         if !sent {
             state.connecting -= 1;
         }
-        self.publish(&state);
+        self.publish(&mut state);
         sent
     }
 
@@ -635,7 +657,7 @@ impl<C: Poolable> Pool<C> {
             {
                 self.global.unregister_starved(self.index, id);
             }
-            self.publish(&state);
+            self.publish(&mut state);
             return;
         }
         drop(state);
@@ -664,7 +686,7 @@ impl<C: Poolable> Pool<C> {
             .first()
             .map(|idle| idle.since + self.limits.idle_timeout);
         if !closed.is_empty() {
-            self.publish(&state);
+            self.publish(&mut state);
         }
         drop(state);
         drop(closed);
@@ -678,7 +700,7 @@ impl<C: Poolable> Pool<C> {
         for _ in &closed {
             self.metrics.connection_closed(reason);
         }
-        self.publish(&state);
+        self.publish(&mut state);
         drop(state);
         let count = closed.len();
         drop(closed);

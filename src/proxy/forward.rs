@@ -145,13 +145,16 @@ async fn acquire(
     for skip in 0..=STALE_SKIPS {
         let fresh = fresh || skip == STALE_SKIPS;
         let acquired = upstream.pool.checkout(fresh).await.map_err(|err| match err {
-            CheckoutError::QueueTimeout => ProxyError::new(
+            CheckoutError::QueueTimeout => {
+                metrics.queue_waited(started.elapsed());
+                ProxyError::new(
                 ErrorKind::PoolTimeout,
                 format!(
                     "no connection became free within queue_timeout ({:?}); all {} connections are busy (raise max_connections_per_host or max_connections, or send fewer requests at once)",
                     upstream.limits.queue_timeout, upstream.limits.max_connections_per_host
                 ),
-            ),
+            )
+            }
             CheckoutError::Closed => ProxyError::new(ErrorKind::ShuttingDown, "sidepool is shutting down"),
         })
         .map_err(|e| e.with_upstream(&upstream.name))?;

@@ -64,8 +64,8 @@ pub fn error_done(
     let path = redact_path(path);
     let queue_ms = queue_wait.unwrap_or_default().as_secs_f64() * 1e3;
     if err.kind.is_client_error() {
-        tracing::info!(upstream, method = %method, path = %path, status = err.kind.status().as_u16(), duration_ms = took.as_secs_f64() * 1e3, queue_ms, error = err.kind.as_str(), message = %err.message, "request refused");
+        tracing::info!(upstream, method = %method, path = %path, status = err.kind.status().as_u16(), duration_ms = took.as_secs_f64() * 1e3, queue_ms, error = err.kind.as_str(), detail = %err.message, "request refused");
     } else {
-        tracing::warn!(upstream, method = %method, path = %path, status = err.kind.status().as_u16(), duration_ms = took.as_secs_f64() * 1e3, queue_ms, error = err.kind.as_str(), message = %err.message, "request failed");
+        tracing::warn!(upstream, method = %method, path = %path, status = err.kind.status().as_u16(), duration_ms = took.as_secs_f64() * 1e3, queue_ms, error = err.kind.as_str(), detail = %err.message, "request failed");
     }
 }
