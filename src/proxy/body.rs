@@ -200,7 +200,8 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if this.pooled.is_none() && this.completion.is_none() && this.inner.is_end_stream() {
+        if this.completion.is_none() {
+            // Finished, failed or timed out: nothing more will come.
             return Poll::Ready(None);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {

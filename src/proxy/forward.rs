@@ -52,10 +52,9 @@ pub async fn send(upstream: &Upstream, req: Request<RequestBody>) -> Result<Sent
     let mut queue_wait = Duration::ZERO;
     let mut deadline = None;
     for attempt in 0..2 {
-        let (mut pooled, waited) = acquire(upstream, fresh).await.map_err(|error| Failed {
-            error,
-            queue_wait: queue_wait + Duration::ZERO,
-        })?;
+        let (mut pooled, waited) = acquire(upstream, fresh)
+            .await
+            .map_err(|error| Failed { error, queue_wait })?;
         queue_wait += waited;
         let replay = (pooled.is_reused() && is_replayable(&req)).then(|| replay_of(&req));
         let now = Instant::now();
