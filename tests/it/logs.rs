@@ -12,17 +12,7 @@ async fn secrets_never_reach_the_logs_even_at_trace_level() {
     let port = upstream.port();
     let mut sidepool = Process::start(
         "logs",
-        move |proxy, admin| {
-            config_toml("", &[https("ex", "exchange.test", port)])
-                .replace(
-                    "proxy = \"127.0.0.1:0\"",
-                    &format!("proxy = \"127.0.0.1:{proxy}\""),
-                )
-                .replace(
-                    "admin = \"127.0.0.1:0\"",
-                    &format!("admin = \"127.0.0.1:{admin}\""),
-                )
-        },
+        &config_toml("", &[https("ex", "exchange.test", port)]),
         &[("RUST_LOG", "trace")],
     )
     .await;
@@ -72,18 +62,7 @@ async fn json_logs_carry_one_line_per_request_with_its_fields() {
     let port = upstream.port();
     let mut sidepool = Process::start(
         "json-logs",
-        move |proxy, admin| {
-            config_toml("", &[https("ex", "exchange.test", port)])
-                .replace(
-                    "proxy = \"127.0.0.1:0\"",
-                    &format!("proxy = \"127.0.0.1:{proxy}\""),
-                )
-                .replace(
-                    "admin = \"127.0.0.1:0\"",
-                    &format!("admin = \"127.0.0.1:{admin}\""),
-                )
-                + "\n[log]\nformat = \"json\"\n"
-        },
+        &(config_toml("", &[https("ex", "exchange.test", port)]) + "\n[log]\nformat = \"json\"\n"),
         &[],
     )
     .await;

@@ -14,17 +14,7 @@ async fn sigterm_drains_an_in_flight_request_then_exits_0() {
     let port = upstream.port();
     let mut sidepool = Process::start(
         "drain",
-        move |proxy, admin| {
-            config_toml("", &[https("ex", "exchange.test", port)])
-                .replace(
-                    "proxy = \"127.0.0.1:0\"",
-                    &format!("proxy = \"127.0.0.1:{proxy}\""),
-                )
-                .replace(
-                    "admin = \"127.0.0.1:0\"",
-                    &format!("admin = \"127.0.0.1:{admin}\""),
-                )
-        },
+        &config_toml("", &[https("ex", "exchange.test", port)]),
         &[],
     )
     .await;

@@ -312,17 +312,20 @@ pub struct Process {
 }
 
 impl Process {
-    /// Runs the binary with `toml` (fixed ports chosen here) and `envs`; waits until `/readyz`.
-    pub async fn start(
-        tag: &str,
-        toml_with_ports: impl Fn(u16, u16) -> String,
-        envs: &[(&str, &str)],
-    ) -> Process {
+    /// Runs the binary with `toml` (whose listen addresses are `127.0.0.1:0`: free ports are
+    /// chosen here, since the child cannot report them) and `envs`; waits until `/readyz`.
+    pub async fn start(tag: &str, toml: &str, envs: &[(&str, &str)]) -> Process {
         let (proxy_port, admin_port) = (closed_port(), closed_port());
-        let path = config_file(
-            &format!("{tag}.toml"),
-            &toml_with_ports(proxy_port, admin_port),
-        );
+        let toml = toml
+            .replace(
+                "proxy = \"127.0.0.1:0\"",
+                &format!("proxy = \"127.0.0.1:{proxy_port}\""),
+            )
+            .replace(
+                "admin = \"127.0.0.1:0\"",
+                &format!("admin = \"127.0.0.1:{admin_port}\""),
+            );
+        let path = config_file(&format!("{tag}.toml"), &toml);
         let log = certs::temp_dir().join(format!("{tag}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut command = binary();
