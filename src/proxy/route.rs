@@ -64,6 +64,17 @@ impl Routes {
         uri: &Uri,
         authority: &http::uri::Authority,
     ) -> Result<Route, ProxyError> {
+        // `http://` is what HTTP_PROXY clients send; `https://` without CONNECT asks the proxy
+        // to fetch the TLS URL itself, which is exactly what sidepool does. Nothing else.
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(ProxyError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "unsupported scheme {:?}; use http:// URLs through the proxy",
+                    uri.scheme_str().unwrap_or("")
+                ),
+            ));
+        }
         if authority.as_str().contains('@') {
             return Err(ProxyError::new(
                 ErrorKind::BadRequest,
@@ -235,5 +246,7 @@ mod tests {
             Err(ErrorKind::BadRequest)
         );
         assert_eq!(resolve("http://api.bybit.com"), Ok((0, "/".into())));
+        assert_eq!(resolve("https://api.bybit.com/x"), Ok((0, "/x".into())));
+        assert_eq!(resolve("ftp://api.bybit.com/x"), Err(ErrorKind::BadRequest));
     }
 }
