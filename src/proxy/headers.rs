@@ -41,7 +41,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(header::TRANSFER_ENCODING);
+    // Transfer-Encoding overrides Content-Length (RFC 9112 6.3); hyper framed the body by the
+    // former, so the latter must not travel on to describe a body it does not match.
+    if headers.remove(header::TRANSFER_ENCODING).is_some() {
+        headers.remove(header::CONTENT_LENGTH);
+    }
 }
 
 /// True when the response (or request) says the connection closes after it.

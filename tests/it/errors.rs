@@ -314,3 +314,37 @@ async fn slow_client_is_disconnected_after_header_read_timeout() {
     let (status, _, _) = send_fresh(sidepool.proxy, get("/ex/others-still-served")).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn ambiguous_framing_is_never_forwarded_ambiguously() {
+    let upstream = TestUpstream::builder().start().await;
+    let sidepool = sidepool_for(&upstream, "").await;
+    // Two different lengths: refused while parsing, nothing leaves.
+    let text = raw(
+        sidepool.proxy,
+        b"POST /ex/order HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(
+        upstream.stats().tcp_connections,
+        0,
+        "no upstream connection was even opened"
+    );
+    // Content-Length with Transfer-Encoding: chunked framing wins (RFC 9112 6.3) and the
+    // Content-Length is dropped, so the exchange sees one unambiguous body.
+    let text = raw(
+        sidepool.proxy,
+        b"POST /ex/order HTTP/1.1\r\nHost: a\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let got = upstream.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, b"hello");
+    assert!(
+        got[0].header("content-length").is_none_or(|v| v == "5"),
+        "{:?}",
+        got[0].headers
+    );
+}
