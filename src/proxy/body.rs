@@ -128,8 +128,9 @@ pub struct UpstreamBody {
     pooled: Option<Pooled<UpstreamConn>>,
     /// May the connection be reused once the body is read to the end?
     reusable: bool,
-    /// Fires at the earlier of the read and request deadlines; re-armed lazily.
-    timer: Pin<Box<Sleep>>,
+    /// Fires at the earlier of the read and request deadlines; armed only when the body first
+    /// has to wait (a small response usually never does), and re-armed lazily.
+    timer: Option<Pin<Box<Sleep>>>,
     read_timeout: Duration,
     deadline: Instant,
     last_progress: Instant,
@@ -151,7 +152,7 @@ impl UpstreamBody {
             inner,
             pooled: Some(pooled),
             reusable,
-            timer: Box::pin(tokio::time::sleep_until((now + read_timeout).min(deadline))),
+            timer: None,
             read_timeout,
             deadline,
             last_progress: now,
@@ -223,9 +224,12 @@ impl Body for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Pending => loop {
-                ready!(this.timer.as_mut().poll(cx));
-                let now = Instant::now();
                 let read_deadline = this.last_progress + this.read_timeout;
+                let timer = this.timer.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(read_deadline.min(this.deadline)))
+                });
+                ready!(timer.as_mut().poll(cx));
+                let now = Instant::now();
                 if now >= this.deadline || now >= read_deadline {
                     let kind = if now >= this.deadline {
                         ErrorKind::RequestTimeout
@@ -236,7 +240,7 @@ impl Body for UpstreamBody {
                     return Poll::Ready(Some(Err(Box::new(BodyTimeout { kind }))));
                 }
                 // Bytes arrived since the timer was armed: move it instead of firing.
-                this.timer.as_mut().reset(read_deadline.min(this.deadline));
+                timer.as_mut().reset(read_deadline.min(this.deadline));
             },
         }
     }

@@ -166,12 +166,17 @@ async fn acquire(
             Acquired::Reused(mut pooled) => {
                 // hyper finishes reading the previous response in the connection task; wait for
                 // it, and skip a connection that turns out closed (nothing was sent on it).
-                let ready = tokio::time::timeout(
-                    upstream.limits.connect_timeout,
-                    pooled.conn().send.ready(),
-                )
-                .await;
-                if matches!(ready, Ok(Ok(()))) {
+                // Usually it already is; only then is a timer worth arming.
+                let ready = pooled.conn().send.is_ready()
+                    || matches!(
+                        tokio::time::timeout(
+                            upstream.limits.connect_timeout,
+                            pooled.conn().send.ready()
+                        )
+                        .await,
+                        Ok(Ok(()))
+                    );
+                if ready {
                     metrics.queue_waited(waited);
                     metrics.connection_reused();
                     return Ok((pooled, waited));
