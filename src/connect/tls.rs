@@ -31,14 +31,11 @@ pub fn client_config(extra_roots: &[CertificateDer<'static>]) -> Result<Arc<Clie
 
 /// A message for a failed handshake that says what failed and what to do.
 pub fn describe_handshake_error(host: &str, addr: SocketAddr, err: &io::Error) -> String {
-    let detail = err
+    let tls = err
         .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .map_or_else(|| err.to_string(), |tls| tls.to_string());
-    let hint = match err
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let detail = tls.map_or_else(|| err.to_string(), ToString::to_string);
+    let hint = match tls {
         Some(rustls::Error::InvalidCertificate(_)) => {
             "; if the upstream uses a private CA, add it to tls.ca_files"
         }
