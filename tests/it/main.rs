@@ -9,14 +9,22 @@ mod addressing;
 mod bodies;
 /// Config errors and env overrides through the built binary (`sidepool check`).
 mod cli;
+/// DNS through a resolver on loopback: failures, caching, address changes.
+mod dns;
 /// 400, 403, 405, 431 and the 502/503/504 kinds.
 mod errors;
+/// Upstream faults: resets, early closes, stalls, bad certificates, garbage, restarts.
+mod faults;
 /// Gauges exact during and after load, after cancellations and after idle_timeout.
 mod gauges;
+/// Hostile clients: smuggling, SSRF attempts, bodies that never end.
+mod hostile;
 /// Secrets never reach the logs, at trace level.
 mod logs;
 /// Connection reuse, per-host and global caps.
 mod pooling;
+/// The queue under 10x demand: FIFO, bounded waits, fair sharing of the global cap.
+mod queueing;
 /// The re-send rule: a GET survives a stale connection, a POST is never sent twice.
 mod retries;
 /// SIGTERM drains in-flight requests.
