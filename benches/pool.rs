@@ -39,6 +39,7 @@ fn pool(cap: usize) -> (PoolSet<Conn>, Arc<Pool<Conn>>) {
         max_connections: cap,
         idle_timeout: Duration::from_secs(30),
         queue_timeout: Duration::from_secs(5),
+        max_waiting: None,
     };
     let set = PoolSet::new(cap, [(name, limits, upstream)]);
     let pool = set.pools()[0].clone();

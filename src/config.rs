@@ -40,6 +40,7 @@ const OVERRIDABLE: &[&str] = &[
     "read_timeout",
     "request_timeout",
     "queue_timeout",
+    "max_waiting",
 ];
 
 /// Validated configuration. Cannot hold invalid values.
@@ -71,6 +72,8 @@ pub struct ListenConfig {
     /// Longest time a client may take to send a request's headers; also how long an idle
     /// kept-alive client connection stays open (hyper times both with one timer).
     pub header_read_timeout: Duration,
+    /// Cap on open client connections; clients beyond it get `503 too_many_clients`.
+    pub max_client_connections: usize,
 }
 
 /// One `[upstreams.<name>]` entry, with its url split up and its limits resolved.
@@ -105,6 +108,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Longest wait for a free connection.
     pub queue_timeout: Duration,
+    /// Cap on queued requests; beyond it a request gets `503 queue_full` at once. `None`: no
+    /// cap other than `queue_timeout`.
+    pub max_waiting: Option<usize>,
 }
 
 /// `[dns]`: cache policy and static host entries.
@@ -114,6 +120,8 @@ pub struct DnsConfig {
     pub max_ttl: Duration,
     /// `[dns.static]`, like curl --resolve; keys lowercased.
     pub static_hosts: HashMap<String, IpAddr>,
+    /// Name servers to ask instead of the system's (`/etc/resolv.conf`); empty: the system's.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// `[tls]`: extra trust roots, added to the built-in web PKI roots.
@@ -190,6 +198,7 @@ struct RawListen {
     drain_timeout: Duration,
     #[serde(with = "humantime_serde")]
     header_read_timeout: Duration,
+    max_client_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +216,9 @@ struct RawPool {
     request_timeout: Duration,
     #[serde(with = "humantime_serde")]
     queue_timeout: Duration,
+    // Unset by default (no cap); an absent key is how "unset" is written in TOML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_waiting: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,6 +228,7 @@ struct RawDns {
     max_ttl: Duration,
     #[serde(rename = "static")]
     static_hosts: BTreeMap<String, String>,
+    nameservers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,6 +262,7 @@ impl Default for RawDefaults {
                 admin: "127.0.0.1:9901".into(),
                 drain_timeout: Duration::from_secs(30),
                 header_read_timeout: Duration::from_secs(30),
+                max_client_connections: 1024,
             },
             pool: RawPool {
                 max_connections: 100,
@@ -258,10 +272,12 @@ impl Default for RawDefaults {
                 read_timeout: Duration::from_secs(30),
                 request_timeout: Duration::from_secs(60),
                 queue_timeout: Duration::from_secs(5),
+                max_waiting: None,
             },
             dns: RawDns {
                 max_ttl: Duration::from_secs(300),
                 static_hosts: BTreeMap::new(),
+                nameservers: Vec::new(),
             },
             tls: RawTls {
                 ca_files: Vec::new(),
@@ -290,6 +306,8 @@ struct RawUpstream {
     request_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     queue_timeout: Option<Duration>,
+    #[serde(default)]
+    max_waiting: Option<usize>,
 }
 
 // ---- loading ------------------------------------------------------------------------------------
@@ -591,6 +609,12 @@ impl Loader {
             key(&["listen", "header_read_timeout"]),
             raw.header_read_timeout,
         );
+        if raw.max_client_connections == 0 {
+            self.problem(
+                key(&["listen", "max_client_connections"]),
+                "must be at least 1",
+            );
+        }
         let proxy = self.socket_addr("proxy", &raw.proxy);
         let admin = self.socket_addr("admin", &raw.admin);
         let (proxy, admin) = (proxy?, admin?);
@@ -608,6 +632,7 @@ impl Loader {
             admin,
             drain_timeout: raw.drain_timeout,
             header_read_timeout: raw.header_read_timeout,
+            max_client_connections: raw.max_client_connections,
         })
     }
 
@@ -659,9 +684,24 @@ impl Loader {
                 }
             }
         }
+        let mut nameservers = Vec::new();
+        for text in &raw.nameservers {
+            match parse_nameserver(text) {
+                Some(addr) => nameservers.push(addr),
+                None => {
+                    let message = format!(
+                        "invalid name server `{text}`: expected an IP address, optionally with a \
+                         port, such as \"10.0.0.2\", \"10.0.0.2:5353\" or \"[fd00::2]:53\""
+                    );
+                    self.problem(key(&["dns", "nameservers"]), message);
+                    ok = false;
+                }
+            }
+        }
         ok.then_some(DnsConfig {
             max_ttl: raw.max_ttl,
             static_hosts,
+            nameservers,
         })
     }
 
@@ -857,6 +897,7 @@ impl Loader {
             read_timeout: raw.read_timeout.unwrap_or(pool.read_timeout),
             request_timeout: raw.request_timeout.unwrap_or(pool.request_timeout),
             queue_timeout: raw.queue_timeout.unwrap_or(pool.queue_timeout),
+            max_waiting: raw.max_waiting.or(pool.max_waiting),
         };
         ok.then(|| UpstreamConfig {
             name: name.to_string(),
@@ -870,6 +911,20 @@ impl Loader {
 }
 
 /// `host:port`, with an IPv6 host bracketed.
+/// `IP` (port 53) or `IP:PORT`; IPv6 with a port needs brackets.
+fn parse_nameserver(text: &str) -> Option<SocketAddr> {
+    let text = text.trim();
+    text.parse::<SocketAddr>().ok().or_else(|| {
+        let bare = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
+        bare.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
+}
+
 struct SocketAddrText<'a>(&'a str, u16);
 
 impl fmt::Display for SocketAddrText<'_> {
@@ -1020,6 +1075,7 @@ struct ListenView {
     drain_timeout: Duration,
     #[serde(with = "humantime_serde")]
     header_read_timeout: Duration,
+    max_client_connections: usize,
 }
 
 /// Only the global cap: every other pool key is shown resolved in each upstream.
@@ -1034,6 +1090,7 @@ struct DnsView {
     max_ttl: Duration,
     #[serde(rename = "static")]
     static_hosts: BTreeMap<String, String>,
+    nameservers: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -1061,6 +1118,8 @@ struct UpstreamView {
     request_timeout: Duration,
     #[serde(with = "humantime_serde")]
     queue_timeout: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_waiting: Option<usize>,
 }
 
 impl Config {
@@ -1082,6 +1141,7 @@ impl Config {
                     read_timeout: l.read_timeout,
                     request_timeout: l.request_timeout,
                     queue_timeout: l.queue_timeout,
+                    max_waiting: l.max_waiting,
                 };
                 (u.name.as_str(), view)
             })
@@ -1092,6 +1152,7 @@ impl Config {
                 admin: self.listen.admin.to_string(),
                 drain_timeout: self.listen.drain_timeout,
                 header_read_timeout: self.listen.header_read_timeout,
+                max_client_connections: self.listen.max_client_connections,
             },
             pool: PoolView {
                 max_connections: self.max_connections,
@@ -1104,6 +1165,7 @@ impl Config {
                     .iter()
                     .map(|(h, ip)| (h.clone(), ip.to_string()))
                     .collect(),
+                nameservers: self.dns.nameservers.iter().map(|a| a.to_string()).collect(),
             },
             tls: TlsView {
                 ca_files: self
@@ -1186,8 +1248,11 @@ mod tests {
                 read_timeout: Duration::from_secs(30),
                 request_timeout: Duration::from_secs(60),
                 queue_timeout: Duration::from_secs(5),
+                max_waiting: None,
             };
             assert_eq!(u.limits, expected);
+            assert!(c.dns.nameservers.is_empty());
+            assert_eq!(c.listen.max_client_connections, 1024);
             assert_eq!(c.min_idle_timeout(), Duration::from_secs(30));
             Ok(())
         });
@@ -1528,6 +1593,63 @@ mod tests {
         let p = one(&ps, "dns.static.\"api.example.com\"");
         assert!(p.message.contains("invalid IP address `10.0.0.300`"), "{p}");
         assert_eq!(p.source, STRING_SOURCE);
+    }
+
+    #[test]
+    fn nameservers_take_an_ip_with_an_optional_port() {
+        let c = Config::from_toml_str(&format!(
+            "[dns]\nnameservers = [\"10.0.0.2\", \"127.0.0.1:5353\", \"[fd00::2]:54\", \"fd00::3\"]\n{MINIMAL}"
+        ))
+        .unwrap();
+        let expected: Vec<SocketAddr> = [
+            "10.0.0.2:53",
+            "127.0.0.1:5353",
+            "[fd00::2]:54",
+            "[fd00::3]:53",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(c.dns.nameservers, expected);
+        assert!(
+            c.to_toml().contains("nameservers = [\"10.0.0.2:53\""),
+            "{}",
+            c.to_toml()
+        );
+        let ps = problems(&format!("[dns]\nnameservers = [\"dns.google\"]\n{MINIMAL}"));
+        let p = one(&ps, "dns.nameservers");
+        assert!(
+            p.message.contains("invalid name server `dns.google`"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn max_waiting_is_unset_by_default_and_overridable_per_upstream() {
+        let c = Config::from_toml_str(&format!(
+            "[pool]\nmax_waiting = 50\n{MINIMAL}[upstreams.okx]\nurl = \"https://www.okx.com\"\nmax_waiting = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(upstream(&c, "bybit").limits.max_waiting, Some(50));
+        assert_eq!(upstream(&c, "okx").limits.max_waiting, Some(0));
+        let shown = c.to_toml();
+        assert!(
+            shown.contains("max_waiting = 50") && shown.contains("max_waiting = 0"),
+            "{shown}"
+        );
+        let unset = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(upstream(&unset, "bybit").limits.max_waiting, None);
+        assert!(!unset.to_toml().contains("max_waiting"));
+    }
+
+    #[test]
+    fn client_connection_cap_must_be_positive() {
+        let ps = problems(&format!("[listen]\nmax_client_connections = 0\n{MINIMAL}"));
+        assert!(
+            one(&ps, "listen.max_client_connections")
+                .message
+                .contains("at least 1")
+        );
     }
 
     #[test]

@@ -40,11 +40,15 @@ pub enum ErrorKind {
     ReadTimeout,
     /// 504: the whole exchange took longer than `request_timeout`.
     RequestTimeout,
+    /// 503: the upstream's queue already holds `max_waiting` requests; refused at once.
+    QueueFull,
+    /// 503: `listen.max_client_connections` client connections are open; this one is refused.
+    TooManyClients,
 }
 
 impl ErrorKind {
     /// Every kind, for metrics registration and docs.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::BadRequest,
         ErrorKind::HeadersTooLarge,
         ErrorKind::NotAllowed,
@@ -58,6 +62,8 @@ impl ErrorKind {
         ErrorKind::ConnectTimeout,
         ErrorKind::ReadTimeout,
         ErrorKind::RequestTimeout,
+        ErrorKind::QueueFull,
+        ErrorKind::TooManyClients,
     ];
 
     /// The stable identifier used in `x-sidepool-error`, the JSON body and metric labels.
@@ -82,6 +88,8 @@ impl ErrorKind {
             ErrorKind::ConnectTimeout => "connect_timeout",
             ErrorKind::ReadTimeout => "read_timeout",
             ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::QueueFull => "queue_full",
+            ErrorKind::TooManyClients => "too_many_clients",
         }
     }
 
@@ -96,7 +104,10 @@ impl ErrorKind {
             | ErrorKind::ConnectFailed
             | ErrorKind::TlsFailed
             | ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
-            ErrorKind::PoolTimeout | ErrorKind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::PoolTimeout
+            | ErrorKind::ShuttingDown
+            | ErrorKind::QueueFull
+            | ErrorKind::TooManyClients => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ConnectTimeout | ErrorKind::ReadTimeout | ErrorKind::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::admin::AdminState;
 use crate::config::Config;
@@ -112,6 +113,7 @@ impl Server {
             let _ = admin_stopped.wait_for(|stop| *stop).await;
         }));
         let reaper = pool::spawn_reaper(proxy.pools());
+        let refreshers = proxy::spawn_dns_refreshers(&proxy);
         let upkeep_metrics = admin.metrics.clone();
         let upkeep = tokio::spawn(async move {
             let mut tick = tokio::time::interval(METRICS_UPKEEP);
@@ -132,18 +134,12 @@ impl Server {
             shutdown.await;
             ready.ready.store(false, Ordering::SeqCst);
         };
-        proxy::serve(
-            proxy_listener,
-            proxy.clone(),
-            config.listen.header_read_timeout,
-            config.listen.drain_timeout,
-            draining,
-        )
-        .await;
+        proxy::serve(proxy_listener, proxy.clone(), &config.listen, draining).await;
         proxy.pools().close_idle();
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
         reaper.abort();
+        refreshers.iter().for_each(JoinHandle::abort);
         upkeep.abort();
         tracing::info!("sidepool stopped");
     }

@@ -45,6 +45,10 @@ pub const QUEUE_WAIT: &str = "http_pool_queue_wait_seconds";
 pub const CONNECT_DURATION: &str = "http_pool_connect_duration_seconds";
 /// Counter, label `result` (`hit`, `miss`, `static`): address lookups for new connections.
 pub const DNS_LOOKUPS: &str = "http_pool_dns_lookups_total";
+/// Gauge, no upstream label: client connections open on the proxy listener.
+pub const CLIENT_CONNECTIONS: &str = "http_pool_client_connections";
+/// Gauge, no upstream label: the configured cap on client connections.
+pub const CLIENT_CONNECTIONS_MAX: &str = "http_pool_client_connections_max";
 
 /// Histogram buckets in seconds: sub-millisecond pool hits up to minute-long exchanges.
 const BUCKETS: [f64; 16] = [
@@ -71,10 +75,12 @@ pub enum CloseReason {
     Evicted,
     /// The pool was shut down.
     Shutdown,
+    /// Its address left the upstream's DNS answer (the name now points elsewhere).
+    DnsChanged,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 8] = [
+    const ALL: [CloseReason; 9] = [
         CloseReason::IdleTimeout,
         CloseReason::UpstreamClosed,
         CloseReason::ConnectionClose,
@@ -83,6 +89,7 @@ impl CloseReason {
         CloseReason::Timeout,
         CloseReason::Evicted,
         CloseReason::Shutdown,
+        CloseReason::DnsChanged,
     ];
 
     /// The label value.
@@ -96,6 +103,7 @@ impl CloseReason {
             CloseReason::Timeout => "timeout",
             CloseReason::Evicted => "evicted",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::DnsChanged => "dns_changed",
         }
     }
 }
@@ -138,6 +146,8 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// Errors for requests that matched no upstream (label `upstream=""`).
     unrouted: UpstreamMetrics,
+    /// Open client connections (changed by increments, so concurrent updates never reorder).
+    client_connections: Gauge,
 }
 
 impl Metrics {
@@ -148,15 +158,18 @@ impl Metrics {
             .expect("the bucket list is a non-empty constant")
             .build_recorder();
         let handle = recorder.handle();
-        let unrouted = metrics::with_local_recorder(&recorder, || {
+        let (unrouted, client_connections) = metrics::with_local_recorder(&recorder, || {
             describe_all();
             metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
-            UpstreamMetrics::register_unrouted()
+            let client_connections = metrics::gauge!(CLIENT_CONNECTIONS);
+            client_connections.set(0.0);
+            (UpstreamMetrics::register_unrouted(), client_connections)
         });
         Arc::new(Metrics {
             recorder,
             handle,
             unrouted,
+            client_connections,
         })
     }
 
@@ -170,6 +183,18 @@ impl Metrics {
     /// Metrics for requests that matched no upstream.
     pub fn unrouted(&self) -> &UpstreamMetrics {
         &self.unrouted
+    }
+
+    /// Publishes the configured cap on client connections.
+    pub fn set_client_connections_max(&self, max: usize) {
+        metrics::with_local_recorder(&self.recorder, || {
+            metrics::gauge!(CLIENT_CONNECTIONS_MAX).set(max as f64);
+        });
+    }
+
+    /// The gauge of open client connections.
+    pub fn client_connections(&self) -> &Gauge {
+        &self.client_connections
     }
 
     /// Prometheus text format 0.0.4.
@@ -364,6 +389,14 @@ fn describe_all() {
         CONNECT_DURATION,
         Unit::Seconds,
         "Time to open an upstream connection (DNS + TCP + TLS)."
+    );
+    describe_gauge!(
+        CLIENT_CONNECTIONS,
+        "Client connections open on the proxy listener."
+    );
+    describe_gauge!(
+        CLIENT_CONNECTIONS_MAX,
+        "Configured cap on client connections (listen.max_client_connections)."
     );
     describe_counter!(
         DNS_LOOKUPS,

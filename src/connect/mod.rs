@@ -18,7 +18,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub use dns::{DnsCache, Resolver};
+pub use dns::{Addresses, DnsCache, Resolver};
 pub use stream::UpstreamStream;
 pub use tls::client_config;
 
@@ -56,7 +56,7 @@ impl Shared {
     /// Builds the resolver and the TLS client config from the validated config.
     pub fn new(config: &Config) -> Result<Arc<Shared>, String> {
         Ok(Arc::new(Shared {
-            resolver: Resolver::new(config.dns.max_ttl),
+            resolver: Resolver::new(config.dns.max_ttl, &config.dns.nameservers),
             tls: client_config(&config.tls.ca_certs)?,
         }))
     }
@@ -72,6 +72,18 @@ pub struct Connector {
     fixed_ip: Option<IpAddr>,
     dns: DnsCache,
     metrics: UpstreamMetrics,
+}
+
+/// A new connection and where it goes.
+pub struct Connected {
+    /// The byte stream (TLS for https upstreams).
+    pub stream: UpstreamStream,
+    /// DNS + TCP + TLS time.
+    pub took: Duration,
+    /// The address it was made to.
+    pub peer: IpAddr,
+    /// The address epoch read before the lookup that chose `peer` (see [`Addresses`]).
+    pub epoch: u64,
 }
 
 /// The step a connect attempt was in, for timeout messages.
@@ -117,16 +129,48 @@ impl Connector {
         })
     }
 
-    /// DNS + TCP + TLS within `timeout`. Returns the stream and how long it took.
-    pub async fn connect(
-        &self,
-        timeout: Duration,
-    ) -> Result<(UpstreamStream, Duration), ConnectError> {
+    /// The upstream's current DNS addresses; `None` when its address is fixed (`dns.static`
+    /// or an IP literal), so it never changes.
+    pub fn addresses(&self) -> Option<&Arc<Addresses>> {
+        self.fixed_ip.is_none().then(|| self.dns.addresses())
+    }
+
+    /// When the cached DNS answer expires; `None` for a fixed address or before the first
+    /// lookup.
+    pub fn dns_expires(&self) -> Option<Instant> {
+        self.fixed_ip
+            .is_none()
+            .then(|| self.dns.expires())
+            .flatten()
+    }
+
+    /// Resolves when a DNS answer is stored.
+    pub async fn dns_stored(&self) {
+        self.dns.stored().await;
+    }
+
+    /// Looks the name up again if the cached answer has expired, so a changed answer is seen
+    /// even while no new connection is needed. Failures keep the last good answer.
+    pub async fn refresh_dns(&self) {
+        if self.fixed_ip.is_none() {
+            let (_, outcome) = self.dns.lookup(&self.shared.resolver, &self.host).await;
+            self.metrics.dns_lookup(outcome);
+        }
+    }
+
+    /// DNS + TCP + TLS within `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> Result<Connected, ConnectError> {
         let started = Instant::now();
+        let epoch = self.dns.addresses().epoch();
         let mut step = Step::Resolve;
         match tokio::time::timeout(timeout, self.connect_steps(started + timeout, &mut step)).await
         {
-            Ok(Ok(stream)) => Ok((stream, started.elapsed())),
+            Ok(Ok((stream, peer))) => Ok(Connected {
+                stream,
+                took: started.elapsed(),
+                peer: peer.ip(),
+                epoch,
+            }),
             Ok(Err(err)) => Err(err),
             Err(_elapsed) => {
                 let during = match step {
@@ -146,17 +190,17 @@ impl Connector {
         &self,
         deadline: Instant,
         step: &mut Step,
-    ) -> Result<UpstreamStream, ConnectError> {
+    ) -> Result<(UpstreamStream, SocketAddr), ConnectError> {
         let addrs = self.resolve().await?;
         *step = Step::Tcp;
         let (tcp, addr) = self.dial(&addrs, deadline).await?;
         match &self.server_name {
-            None => Ok(UpstreamStream::Plain(tcp)),
+            None => Ok((UpstreamStream::Plain(tcp), addr)),
             Some(name) => {
                 *step = Step::Tls(addr);
                 let connector = tokio_rustls::TlsConnector::from(self.shared.tls.clone());
                 match connector.connect(name.clone(), tcp).await {
-                    Ok(tls) => Ok(UpstreamStream::Tls(Box::new(tls))),
+                    Ok(tls) => Ok((UpstreamStream::Tls(Box::new(tls)), addr)),
                     Err(err) => Err(ConnectError::new(
                         ErrorKind::TlsFailed,
                         tls::describe_handshake_error(&self.host, addr, &err),

@@ -114,6 +114,9 @@ impl<C: Poolable> Pooled<C> {
         if let Some(conn) = self.conn.take() {
             if conn.is_closed() {
                 self.pool.close_active(CloseReason::UpstreamClosed);
+            } else if conn.is_retired() {
+                drop(conn);
+                self.pool.close_active(CloseReason::DnsChanged);
             } else {
                 self.pool.checkin(conn, self.id);
             }

@@ -41,6 +41,12 @@ use guard::Waiter;
 pub trait Poolable: Send + 'static {
     /// True once the connection can never carry another request (peer closed, error).
     fn is_closed(&self) -> bool;
+
+    /// True when the connection works but must not be reused (its address left the
+    /// upstream's DNS answer): it finishes its request and is then closed.
+    fn is_retired(&self) -> bool {
+        false
+    }
 }
 
 /// Why a checkout failed.
@@ -48,6 +54,8 @@ pub trait Poolable: Send + 'static {
 pub enum CheckoutError {
     /// No connection became free within the queue timeout.
     QueueTimeout,
+    /// The queue already holds `max_waiting` requests.
+    QueueFull,
     /// The pool is gone (shutdown).
     Closed,
 }
@@ -61,6 +69,8 @@ pub struct PoolLimits {
     pub idle_timeout: Duration,
     /// Longest wait in the queue.
     pub queue_timeout: Duration,
+    /// Cap on queued requests (`None`: only `queue_timeout` bounds the queue).
+    pub max_waiting: Option<usize>,
 }
 
 /// All upstream pools plus the global cap they share.
@@ -292,6 +302,14 @@ struct WaiterEntry<C> {
     tx: oneshot::Sender<Grant<C>>,
 }
 
+/// Why a checkout could not be served at once.
+enum Queued<C: Poolable> {
+    /// In the queue.
+    Waiting(Waiter<C>),
+    /// Refused: the queue is at `max_waiting`.
+    Full,
+}
+
 /// What a waiter is handed when it leaves the queue.
 enum Grant<C> {
     /// A connection, already counted active.
@@ -391,7 +409,8 @@ impl<C: Poolable> Pool<C> {
     pub async fn checkout(self: &Arc<Self>, fresh: bool) -> Result<Acquired<C>, CheckoutError> {
         let mut waiter = match self.try_checkout(fresh) {
             Ok(acquired) => return Ok(acquired),
-            Err(waiter) => waiter,
+            Err(Queued::Waiting(waiter)) => waiter,
+            Err(Queued::Full) => return Err(CheckoutError::QueueFull),
         };
         match tokio::time::timeout(self.limits.queue_timeout, waiter.granted()).await {
             Ok(Some(grant)) => Ok(self.acquired_from(grant)),
@@ -407,13 +426,18 @@ impl<C: Poolable> Pool<C> {
         }
     }
 
-    fn try_checkout(self: &Arc<Self>, fresh: bool) -> Result<Acquired<C>, Waiter<C>> {
+    fn try_checkout(self: &Arc<Self>, fresh: bool) -> Result<Acquired<C>, Queued<C>> {
         let mut state = self.lock();
         let mut freed = 0;
         if !fresh {
             while let Some(idle) = state.idle.pop() {
                 if idle.conn.is_closed() {
                     self.metrics.connection_closed(CloseReason::UpstreamClosed);
+                    freed += 1;
+                    continue;
+                }
+                if idle.conn.is_retired() {
+                    self.metrics.connection_closed(CloseReason::DnsChanged);
                     freed += 1;
                     continue;
                 }
@@ -477,9 +501,25 @@ impl<C: Poolable> Pool<C> {
         self: &Arc<Self>,
         state: &mut State<C>,
         fresh: bool,
-    ) -> Result<Acquired<C>, Waiter<C>> {
-        let id = self.next_id();
+    ) -> Result<Acquired<C>, Queued<C>> {
         let starved = state.open() < self.limits.max_connections;
+        if self
+            .limits
+            .max_waiting
+            .is_some_and(|max| state.waiters.len() >= max)
+        {
+            // A full queue refuses at once, unless a global slot was freed just now.
+            if starved && self.global.try_reserve() {
+                state.connecting += 1;
+                self.publish(state);
+                return Ok(Acquired::Connect(Connecting::new(
+                    self.clone(),
+                    self.next_id(),
+                )));
+            }
+            return Err(Queued::Full);
+        }
+        let id = self.next_id();
         let (tx, rx) = oneshot::channel();
         state.waiters.push_back(WaiterEntry {
             id,
@@ -501,7 +541,7 @@ impl<C: Poolable> Pool<C> {
             }
         }
         self.publish(state);
-        Err(Waiter::new(self.clone(), id, rx))
+        Err(Queued::Waiting(Waiter::new(self.clone(), id, rx)))
     }
 
     fn release_global(&self, slots: usize) {
@@ -692,6 +732,34 @@ impl<C: Poolable> Pool<C> {
         drop(closed);
         self.release_global(expired);
         next
+    }
+
+    /// Closes the idle connections that [`Poolable::is_retired`] says must not be reused.
+    pub fn close_retired_idle(&self) {
+        let mut state = self.lock();
+        let mut retired = Vec::new();
+        let mut i = 0;
+        while i < state.idle.len() {
+            if state.idle[i].conn.is_retired() {
+                retired.push(state.idle.remove(i));
+                self.metrics.connection_closed(CloseReason::DnsChanged);
+            } else {
+                i += 1;
+            }
+        }
+        if retired.is_empty() {
+            return;
+        }
+        self.publish(&mut state);
+        drop(state);
+        let count = retired.len();
+        drop(retired);
+        self.release_global(count);
+    }
+
+    /// Open connections (connecting, idle or active).
+    pub fn open(&self) -> usize {
+        self.lock().open()
     }
 
     fn close_idle(&self, reason: CloseReason) {

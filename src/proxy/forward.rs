@@ -11,6 +11,7 @@
 //! 502 and never re-sent.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use http::{Method, Request, Response};
@@ -154,6 +155,14 @@ async fn acquire(
                 ),
             )
             }
+            CheckoutError::QueueFull => ProxyError::new(
+                ErrorKind::QueueFull,
+                format!(
+                    "all {} connections are busy and {} requests are already queued (max_waiting); retry later, send fewer requests at once, or raise max_waiting",
+                    upstream.limits.max_connections_per_host,
+                    upstream.limits.max_waiting.unwrap_or_default()
+                ),
+            ),
             CheckoutError::Closed => ProxyError::new(ErrorKind::ShuttingDown, "sidepool is shutting down"),
         })
         .map_err(|e| e.with_upstream(&upstream.name))?;
@@ -196,13 +205,13 @@ async fn open(
     upstream: &Upstream,
     slot: Connecting<UpstreamConn>,
 ) -> Result<Pooled<UpstreamConn>, ProxyError> {
-    let (stream, took) = upstream
+    let connected = upstream
         .connector
         .connect(upstream.limits.connect_timeout)
         .await
         .map_err(|err| err.into_proxy_error(&upstream.name))?;
     let (send, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(connected.stream))
         .await
         .map_err(|err| {
             ProxyError::new(
@@ -222,8 +231,13 @@ async fn open(
             pool.connection_lost(id);
         }
     });
-    upstream.pool.metrics().connection_opened(took);
-    Ok(slot.established(UpstreamConn { send }))
+    upstream.pool.metrics().connection_opened(connected.took);
+    Ok(slot.established(UpstreamConn {
+        send,
+        peer: connected.peer,
+        addresses: upstream.connector.addresses().cloned(),
+        epoch: AtomicU64::new(connected.epoch),
+    }))
 }
 
 /// GET, HEAD and OPTIONS without a body may be sent again.

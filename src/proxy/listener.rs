@@ -1,32 +1,58 @@
-//! The accept loop of the proxy listener and the settings of each client connection.
+//! The accept loop of the proxy listener, the cap on client connections, and the settings of
+//! each client connection.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 use super::Proxy;
+use crate::config::ListenConfig;
+use crate::error::{ErrorKind, ProxyError};
+use crate::metrics::Metrics;
 
 /// Hard cap on a request head (start line + headers), enforced by hyper with a bare 431.
 /// Requests under it but over [`super::MAX_HEADER_BYTES`] get sidepool's JSON 431.
 const HARD_MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// Refused clients being answered at once; beyond this a refused socket is closed unanswered,
+/// so a flood of connections cannot turn refusals into unbounded work.
+const MAX_REFUSING: usize = 64;
+/// How long a refused client's request is read (and discarded) before its socket is closed:
+/// closing with unread input would reset the connection and could destroy the answer.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// How often, at most, refusals are logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Serves client connections until `shutdown` resolves, then stops accepting and lets every
 /// open connection finish its in-flight request (idle keep-alive connections are closed) for
-/// up to `drain_timeout`.
+/// up to `listen.drain_timeout`.
+///
+/// At most `listen.max_client_connections` client connections are served at once; a client
+/// beyond that gets `503 too_many_clients` with `Connection: close` and no request of it is
+/// forwarded, so the clients already connected keep their service.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    header_read_timeout: Duration,
-    drain_timeout: Duration,
+    listen: &ListenConfig,
     shutdown: impl Future<Output = ()>,
 ) {
+    let (header_read_timeout, drain_timeout) = (listen.header_read_timeout, listen.drain_timeout);
+    let clients = Arc::new(ClientCap::new(
+        listen.max_client_connections,
+        proxy.metrics.clone(),
+    ));
+    let refusal = refusal_response(listen.max_client_connections);
+    let mut refusals = RefusalLog::default();
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -43,7 +69,13 @@ pub async fn serve(
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => {
+                Ok((tcp, peer)) => {
+                    let Some(slot) = ClientCap::admit(&clients) else {
+                        proxy.metrics.unrouted().error(ErrorKind::TooManyClients);
+                        refusals.refused(peer, listen.max_client_connections);
+                        clients.refuse(tcp, refusal.clone());
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
                     let proxy = proxy.clone();
                     let service = service_fn(move |req| {
@@ -55,6 +87,7 @@ pub async fn serve(
                         if let Err(err) = connection.await {
                             tracing::debug!(error = %err, "client connection ended with an error");
                         }
+                        drop(slot);
                     });
                 }
                 Err(err) => {
@@ -80,5 +113,135 @@ pub async fn serve(
             ?drain_timeout,
             "drain_timeout elapsed; closing the remaining client connections"
         );
+    }
+}
+
+/// Counts client connections against `listen.max_client_connections` and keeps the
+/// `http_pool_client_connections` gauge equal to the count.
+struct ClientCap {
+    max: usize,
+    open: AtomicUsize,
+    refusing: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+/// One admitted client connection; dropping it frees the place.
+struct ClientSlot(Arc<ClientCap>);
+
+impl ClientCap {
+    fn new(max: usize, metrics: Arc<Metrics>) -> ClientCap {
+        metrics.set_client_connections_max(max);
+        ClientCap {
+            max,
+            open: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
+    fn admit(cap: &Arc<ClientCap>) -> Option<ClientSlot> {
+        cap.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < cap.max).then_some(open + 1)
+            })
+            .ok()?;
+        // Increments, not stores: concurrent changes cannot land out of order.
+        cap.metrics.client_connections().increment(1.0);
+        Some(ClientSlot(cap.clone()))
+    }
+
+    /// Answers a refused client with `refusal` and closes it, without parsing what it sent.
+    fn refuse(self: &Arc<Self>, tcp: TcpStream, refusal: Arc<[u8]>) {
+        let refusing = self.refusing.fetch_add(1, Ordering::AcqRel);
+        if refusing >= MAX_REFUSING {
+            self.refusing.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let cap = self.clone();
+        tokio::spawn(async move {
+            let _ = answer_and_close(tcp, &refusal).await;
+            cap.refusing.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.metrics.client_connections().decrement(1.0);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn answer_and_close(mut tcp: TcpStream, response: &[u8]) -> std::io::Result<()> {
+    tcp.write_all(response).await?;
+    tcp.shutdown().await?;
+    // Read what the client sends until it closes, so the socket is not reset under the answer.
+    let deadline = Instant::now() + REFUSAL_LINGER;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0usize;
+    while drained < 64 * 1024 {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+/// The whole HTTP/1.1 response a refused client gets: sidepool's JSON error, then close.
+fn refusal_response(max: usize) -> Arc<[u8]> {
+    let error = ProxyError::new(
+        ErrorKind::TooManyClients,
+        format!(
+            "sidepool already serves {max} client connections (listen.max_client_connections); \
+             reuse connections (keep-alive) or raise the cap"
+        ),
+    );
+    let response = error.to_response();
+    let mut bytes = format!(
+        "HTTP/1.1 {} {}\r\n",
+        response.status().as_u16(),
+        response.status().canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in response.headers() {
+        bytes.extend_from_slice(name.as_str().as_bytes());
+        bytes.extend_from_slice(b": ");
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+    }
+    let body = response.body();
+    bytes.extend_from_slice(
+        format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    bytes.extend_from_slice(body);
+    bytes.into()
+}
+
+/// Logs refusals at most once per [`REFUSAL_LOG_EVERY`], with how many there were.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    since_last: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, peer: std::net::SocketAddr, max: usize) {
+        self.since_last += 1;
+        let now = Instant::now();
+        if self.last.is_none_or(|last| now >= last + REFUSAL_LOG_EVERY) {
+            tracing::warn!(
+                %peer,
+                refused = self.since_last,
+                max_client_connections = max,
+                "client connections refused: the cap on client connections is reached"
+            );
+            self.last = Some(now);
+            self.since_last = 0;
+        }
     }
 }

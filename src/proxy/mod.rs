@@ -6,16 +6,20 @@
 //!
 //! Modules: `route` (which upstream), `headers` (hop-by-hop, limits, secrets), `forward`
 //! (checkout, connect, send, re-send rule), `body` (streaming bodies with timeouts), `log`
-//! (one line per request), `listener` (accept loop and connection settings).
+//! (one line per request), `listener` (accept loop, client cap and connection settings),
+//! `refresh` (DNS changes retire connections to old addresses).
 
 mod body;
 mod forward;
 mod headers;
 mod listener;
 mod log;
+mod refresh;
 mod route;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
@@ -26,9 +30,10 @@ use tokio::time::Instant;
 pub use body::{ProxyBody, RequestBody};
 pub use headers::{MAX_HEADER_BYTES, is_secret_header, redact_path};
 pub use listener::serve;
+pub use refresh::spawn_dns_refreshers;
 
 use crate::config::{Config, Limits};
-use crate::connect::{self, Connector};
+use crate::connect::{self, Addresses, Connector};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolLimits, PoolSet, Poolable};
@@ -39,11 +44,32 @@ use route::Routes;
 /// A kept-alive HTTP/1.1 client connection to an upstream, as held by the pool.
 pub struct UpstreamConn {
     send: SendRequest<RequestBody>,
+    /// The address it goes to, checked against the upstream's DNS answer.
+    peer: IpAddr,
+    /// `None` when the upstream's address is fixed.
+    addresses: Option<Arc<Addresses>>,
+    /// The address epoch at which `peer` was last known to be current.
+    epoch: AtomicU64,
 }
 
 impl Poolable for UpstreamConn {
     fn is_closed(&self) -> bool {
         self.send.is_closed()
+    }
+
+    fn is_retired(&self) -> bool {
+        let Some(addresses) = &self.addresses else {
+            return false;
+        };
+        let now = addresses.epoch();
+        if now == self.epoch.load(Ordering::Relaxed) {
+            return false;
+        }
+        let current = addresses.contains(self.peer);
+        if current {
+            self.epoch.store(now, Ordering::Relaxed);
+        }
+        !current
     }
 }
 
@@ -79,6 +105,7 @@ impl Proxy {
                     max_connections: u.limits.max_connections_per_host,
                     idle_timeout: u.limits.idle_timeout,
                     queue_timeout: u.limits.queue_timeout,
+                    max_waiting: u.limits.max_waiting,
                 };
                 (name, limits, upstream_metrics)
             }),

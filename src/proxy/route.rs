@@ -187,6 +187,7 @@ mod tests {
                 read_timeout: d,
                 request_timeout: d,
                 queue_timeout: d,
+                max_waiting: None,
             },
         }
     }

@@ -19,6 +19,8 @@ mod faults;
 mod gauges;
 /// Hostile clients: smuggling, SSRF attempts, bodies that never end.
 mod hostile;
+/// max_waiting (queue_full) and the cap on client connections (too_many_clients).
+mod limits;
 /// Secrets never reach the logs, at trace level.
 mod logs;
 /// Connection reuse, per-host and global caps.
