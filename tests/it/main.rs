@@ -23,6 +23,8 @@ mod hostile;
 mod limits;
 /// Secrets never reach the logs, at trace level.
 mod logs;
+/// Numbered POST orders through upstream faults: exactly once, nothing lost.
+mod orders;
 /// Connection reuse, per-host and global caps.
 mod pooling;
 /// The queue under 10x demand: FIFO, bounded waits, fair sharing of the global cap.

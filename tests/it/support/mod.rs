@@ -2,4 +2,5 @@
 //! (sidepool in-process or as the built binary, a small HTTP client, metric scraping).
 pub mod certs;
 pub mod harness;
+pub mod orders;
 pub mod upstream;

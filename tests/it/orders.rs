@@ -1,0 +1,137 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::StatusCode;
+use http_body_util::BodyExt;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::support::harness::{PATIENCE, Sidepool, config_toml, get, https};
+use crate::support::orders::{Answer, Ledger, order, order_id};
+use crate::support::upstream::{Received, Reply, TestUpstream};
+
+/// How the fake exchange treats order `id`: a fixed mix of faults, so every run is the same.
+fn faulty_exchange(r: &Received) -> Reply {
+    let Some(id) = order_id(r) else {
+        return Reply::default_for(r);
+    };
+    match id % 20 {
+        // The connection dies after the order was read: it reached the exchange, no answer.
+        3 | 13 => Reply::Reset,
+        7 => Reply::Close,
+        // Slower than read_timeout: sidepool gives up; the exchange still has the order.
+        11 => Reply::json(200, format!("{{\"id\":{id},\"late\":true}}"))
+            .delay(Duration::from_millis(800)),
+        // Answered, then the exchange closes the connection.
+        5 | 15 => Reply::json(201, format!("{{\"id\":{id}}}")).close(),
+        _ => Reply::json(200, format!("{{\"id\":{id}}}")),
+    }
+}
+
+/// Sends orders `ids` one after another on one keep-alive client connection (a new one after
+/// a broken connection), recording each answer.
+async fn place_orders(proxy: SocketAddr, ids: impl Iterator<Item = u64>) -> Ledger {
+    let mut ledger = Ledger::default();
+    let mut conn: Option<http1::SendRequest<_>> = None;
+    for id in ids {
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            let tcp = TcpStream::connect(proxy)
+                .await
+                .expect("connect to sidepool");
+            let (send, connection) = http1::handshake(TokioIo::new(tcp))
+                .await
+                .expect("handshake");
+            tokio::spawn(connection);
+            conn = Some(send);
+        }
+        let send = conn.as_mut().expect("connected above");
+        let answer = tokio::time::timeout(PATIENCE, async {
+            send.ready().await.ok()?;
+            let response = send.send_request(order("ex", id)).await.ok()?;
+            let status = response.status();
+            let kind = response
+                .headers()
+                .get("x-sidepool-error")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            response.into_body().collect().await.ok()?;
+            Some(Answer::Status(status, kind))
+        })
+        .await
+        .expect("every order is answered in time")
+        .unwrap_or(Answer::Broken);
+        if answer == Answer::Broken {
+            conn = None;
+        }
+        ledger.record(id, answer);
+    }
+    ledger
+}
+
+/// Numbered POST orders through resets, early closes, read timeouts, `Connection: close`
+/// answers and connections the exchange closes while idle, from eight clients at once: every
+/// order the exchange received was received exactly once, every order answered 2xx was
+/// received, no order was re-sent, reads interleaved with them still succeed, and every gauge
+/// returns to zero.
+#[tokio::test]
+async fn orders_are_received_exactly_once_through_upstream_faults() {
+    const CLIENTS: u64 = 8;
+    const PER_CLIENT: u64 = 40;
+    let upstream = TestUpstream::builder()
+        .handler(faulty_exchange)
+        .idle_close_after(Duration::from_millis(30))
+        .start()
+        .await;
+    let sidepool = Sidepool::start(&config_toml(
+        "max_connections_per_host = 4\nread_timeout = \"300ms\"",
+        &[https("ex", "exchange.test", upstream.port())],
+    ))
+    .await;
+    let proxy = sidepool.proxy;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            tokio::spawn(place_orders(
+                proxy,
+                (0..PER_CLIENT).map(move |k| k * CLIENTS + c),
+            ))
+        })
+        .collect();
+    let reader = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for i in 0..40 {
+            let (status, _, _) =
+                crate::support::harness::send_fresh(proxy, get(&format!("/ex/ticker?i={i}"))).await;
+            statuses.push(status);
+        }
+        statuses
+    });
+    let mut ledger = Ledger::default();
+    for client in clients {
+        ledger.merge(client.await.unwrap());
+    }
+    assert_eq!(ledger.len() as u64, CLIENTS * PER_CLIENT);
+    let reads = reader.await.unwrap();
+    assert!(reads.iter().all(|s| *s == StatusCode::OK), "{reads:?}");
+
+    let (received, ok) = ledger.check_exactly_once(&upstream.received());
+    let outcomes = ledger.outcomes();
+    // The faults really happened, and each got the answer the error contract gives it.
+    assert_eq!(outcomes.get("broken"), None, "{outcomes:?}");
+    assert!(
+        outcomes.get("502 upstream_failed").copied().unwrap_or(0)
+            >= 3 * CLIENTS as usize * PER_CLIENT as usize / 20,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.get("504 read_timeout").copied().unwrap_or(0)
+            >= CLIENTS as usize * PER_CLIENT as usize / 20,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.get("201").copied().unwrap_or(0) > 0,
+        "{outcomes:?}"
+    );
+    assert!(ok > 0 && received >= ok, "{received} received, {ok} ok");
+    println!("orders: {received} received, {ok} answered 2xx, outcomes {outcomes:?}");
+    sidepool.wait_gauges("ex", (0.0, 0.0, 0.0, 0.0)).await;
+}
