@@ -2,7 +2,8 @@
 //!
 //! Two independent CAs exist per test process. [`trusted()`] is the one tests configure
 //! sidepool to trust; [`untrusted()`] issues a leaf with exactly the same names, so a test
-//! can show that a valid-looking certificate from an unknown CA is refused.
+//! can show that a valid-looking certificate from an unknown CA is refused. [`expired()`]
+//! is a second leaf of the trusted CA, right in every way but its validity period.
 // Each integration test uses a different subset of this module.
 #![allow(dead_code)]
 
@@ -11,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    KeyPair, KeyUsagePurpose, date_time_ymd,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -35,14 +36,46 @@ pub struct TestPki {
 /// The PKI that tests configure as trusted. Generated once per process.
 pub fn trusted() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
-    PKI.get_or_init(|| generate("sidepool-test-trusted-ca", "trusted-ca.pem"))
+    PKI.get_or_init(|| issue_leaf(trusted_ca(), Validity::Current))
 }
 
 /// A second, unrelated CA whose leaf has the same names as [`trusted()`]'s. Never configure
 /// it as trusted: a server using it must fail certificate verification.
 pub fn untrusted() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
-    PKI.get_or_init(|| generate("sidepool-test-untrusted-ca", "untrusted-ca.pem"))
+    PKI.get_or_init(|| {
+        let ca = generate_ca("sidepool-test-untrusted-ca", "untrusted-ca.pem");
+        issue_leaf(&ca, Validity::Current)
+    })
+}
+
+/// The trusted CA (same `ca_pem`, `ca_file` and `ca_der` as [`trusted()`]) with a leaf
+/// for the same names that expired long ago (valid in the year 2000 only): a server using
+/// it must fail verification although its chain and names are right.
+pub fn expired() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| issue_leaf(trusted_ca(), Validity::Expired))
+}
+
+/// A CA, kept to issue further leaves.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    pem: String,
+    file: PathBuf,
+}
+
+/// When a leaf is valid.
+#[derive(Clone, Copy)]
+enum Validity {
+    /// rcgen's default: 1975 to 4096.
+    Current,
+    /// The year 2000 only.
+    Expired,
+}
+
+fn trusted_ca() -> &'static Ca {
+    static CA: OnceLock<Ca> = OnceLock::new();
+    CA.get_or_init(|| generate_ca("sidepool-test-trusted-ca", "trusted-ca.pem"))
 }
 
 /// The per-process scratch directory (`<temp>/sidepool-it-<pid>`), created on first use.
@@ -103,7 +136,7 @@ pub fn client_tls_config(pki: &TestPki) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-fn generate(ca_name: &str, ca_file_name: &str) -> TestPki {
+fn generate_ca(ca_name: &str, ca_file_name: &str) -> Ca {
     // Generation cannot fail with these fixed, valid inputs; a panic here is a bug in this file.
     let ca_key = KeyPair::generate().expect("generate CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -116,8 +149,13 @@ fn generate(ca_name: &str, ca_file_name: &str) -> TestPki {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("self-sign CA");
+    let issuer = CertifiedIssuer::self_signed(ca_params, ca_key).expect("self-sign CA");
+    let pem = issuer.pem();
+    let file = write_file(ca_file_name, pem.as_bytes());
+    Ca { issuer, pem, file }
+}
 
+fn issue_leaf(ca: &Ca, validity: Validity) -> TestPki {
     let leaf_key = KeyPair::generate().expect("generate leaf key");
     let mut leaf_params =
         CertificateParams::new(SERVER_NAMES.map(String::from).to_vec()).expect("leaf params");
@@ -131,16 +169,18 @@ fn generate(ca_name: &str, ca_file_name: &str) -> TestPki {
     ];
     leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf_params.use_authority_key_identifier_extension = true;
+    if let Validity::Expired = validity {
+        leaf_params.not_before = date_time_ymd(2000, 1, 1);
+        leaf_params.not_after = date_time_ymd(2001, 1, 1);
+    }
     let leaf = leaf_params
-        .signed_by(&leaf_key, &ca)
+        .signed_by(&leaf_key, &ca.issuer)
         .expect("sign leaf certificate");
 
-    let ca_pem = ca.pem();
-    let ca_file = write_file(ca_file_name, ca_pem.as_bytes());
     TestPki {
-        ca_pem,
-        ca_file,
-        ca_der: ca.der().clone(),
+        ca_pem: ca.pem.clone(),
+        ca_file: ca.file.clone(),
+        ca_der: ca.issuer.der().clone(),
         server_certs: vec![leaf.der().clone()],
         server_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
     }

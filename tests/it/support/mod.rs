@@ -1,6 +1,8 @@
 //! Shared test support: the fake exchange (`upstream`), its PKI (`certs`), and `harness`
-//! (sidepool in-process or as the built binary, a small HTTP client, metric scraping).
+//! (sidepool in-process or as the built binary, a small HTTP client, metric scraping);
+//! `faults` (raw broken responses, reading broken bodies, settling waits) for the fault tests.
 pub mod certs;
+pub mod faults;
 pub mod harness;
 pub mod orders;
 pub mod upstream;

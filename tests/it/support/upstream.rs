@@ -139,9 +139,42 @@ pub enum Reply {
     /// Close the connection without a response: TLS close_notify (if TLS), then FIN.
     /// The client sees a clean EOF before any response byte.
     Close,
+    /// Take the connection over from hyper and write `bytes` exactly as given (inside TLS
+    /// if TLS), then end it as `then` says. For responses hyper would never send: a head
+    /// whose body is cut short, bytes that are not HTTP at all. [`Reply::raw`] builds it.
+    Raw {
+        /// Written and flushed as they are; nothing is added.
+        bytes: Bytes,
+        /// What happens to the connection afterwards.
+        then: AfterRaw,
+    },
+}
+
+/// How a connection ends after a [`Reply::Raw`] response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterRaw {
+    /// RST at once (SO_LINGER 0), no TLS close_notify: like [`Reply::Reset`].
+    Reset,
+    /// TLS close_notify (if TLS), then FIN: the client reads the bytes, then a clean EOF.
+    Close,
+    /// RST once [`TestUpstream::release_stalled`] is called, so a test can first see the
+    /// bytes arrive at the client: a reset right after a write may overtake the data still
+    /// on its way and make the client lose it.
+    ResetWhenReleased,
+    /// Keep the connection open, reading and discarding whatever comes, until the client
+    /// closes it: the client has to act on the bytes alone.
+    Hold,
 }
 
 impl Reply {
+    /// Writes `bytes` raw, then ends the connection as `then` says (see [`Reply::Raw`]).
+    pub fn raw(bytes: impl Into<Bytes>, then: AfterRaw) -> Self {
+        Reply::Raw {
+            bytes: bytes.into(),
+            then,
+        }
+    }
+
     /// `status` with `content-type: application/json` and `body`.
     pub fn json(status: u16, body: impl Into<String>) -> Self {
         Self::fixed(status, "application/json", Bytes::from(body.into()))
@@ -303,6 +336,8 @@ pub struct TestUpstreamBuilder {
     pki: Option<&'static TestPki>,
     idle_close_after: Option<Duration>,
     handler: Handler,
+    bind: SocketAddr,
+    hold_handshakes: bool,
 }
 
 impl TestUpstreamBuilder {
@@ -335,14 +370,39 @@ impl TestUpstreamBuilder {
         self
     }
 
-    /// Binds `127.0.0.1:0` and starts accepting.
+    /// Listen on `addr` instead of `127.0.0.1:0`, e.g. another loopback address on the port
+    /// of a first upstream, so that one host name can point at either. See
+    /// [`TestUpstreamBuilder::try_start`] for a port that may be taken.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// Accept TCP connections but hold each one before the TLS handshake (the client's
+    /// hello is never answered) until [`TestUpstream::resume_handshakes`]; like an exchange
+    /// whose TLS terminator is overloaded. Held connections count in `tcp_connections` and
+    /// `open_now`. Has no effect on a plain upstream.
+    pub fn hold_handshakes(mut self) -> Self {
+        self.hold_handshakes = true;
+        self
+    }
+
+    /// Binds (`127.0.0.1:0` unless [`TestUpstreamBuilder::bind`] said otherwise) and starts
+    /// accepting.
     ///
     /// # Panics
     /// If the listener cannot be bound.
     pub async fn start(self) -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let bind = self.bind;
+        self.try_start()
             .await
-            .expect("bind test upstream on 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("bind test upstream on {bind}: {e}"))
+    }
+
+    /// Like [`TestUpstreamBuilder::start`], but returns the bind error (e.g. the port is
+    /// taken on that address), so a caller can pick another port and try again.
+    pub async fn try_start(self) -> std::io::Result<TestUpstream> {
+        let listener = TcpListener::bind(self.bind).await?;
         let addr = listener.local_addr().expect("test upstream local_addr");
         let shared = Arc::new(Shared {
             handler: self.handler,
@@ -355,13 +415,15 @@ impl TestUpstreamBuilder {
             received: Mutex::new(Vec::new()),
             release: watch::Sender::new(0),
             conns: Mutex::new(Some(JoinSet::new())),
+            restarts: watch::Sender::new(0),
+            handshakes_held: watch::Sender::new(self.hold_handshakes),
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
-        TestUpstream {
+        Ok(TestUpstream {
             addr,
             shared,
             accept_task,
-        }
+        })
     }
 }
 
@@ -379,6 +441,8 @@ impl TestUpstream {
             pki: Some(certs::trusted()),
             idle_close_after: None,
             handler: Box::new(Reply::default_for),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            hold_handshakes: false,
         }
     }
 
@@ -387,7 +451,7 @@ impl TestUpstream {
         Self::builder().start().await
     }
 
-    /// The bound address (always `127.0.0.1`).
+    /// The bound address (`127.0.0.1` unless [`TestUpstreamBuilder::bind`] chose another).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -414,6 +478,24 @@ impl TestUpstream {
         self.shared
             .release
             .send_modify(|generation| *generation += 1);
+    }
+
+    /// Like a crashed and restarted exchange: every open connection is aborted at once, with
+    /// RST (SO_LINGER 0, no TLS close_notify) for connections past the TLS handshake, and
+    /// dropped for those still in it. The listener stays on the same port and keeps
+    /// accepting. Waits until all of them are closed, so call it while no request is being
+    /// sent (a connection accepted meanwhile would be waited for too).
+    pub async fn restart(&self) -> Stats {
+        self.shared
+            .restarts
+            .send_modify(|generation| *generation += 1);
+        self.wait_open(0).await
+    }
+
+    /// Ends [`TestUpstreamBuilder::hold_handshakes`]: held connections and all later ones
+    /// go on with the TLS handshake.
+    pub fn resume_handshakes(&self) {
+        self.shared.handshakes_held.send_replace(false);
     }
 
     /// Waits until at least `n` requests have been received (and recorded).
@@ -492,6 +574,10 @@ struct Shared {
     release: watch::Sender<u64>,
     /// Connection tasks; `None` once the upstream is dropped.
     conns: Mutex<Option<JoinSet<()>>>,
+    /// Bumped by `restart`; every connection open at that moment is aborted.
+    restarts: watch::Sender<u64>,
+    /// True while new connections wait before the TLS handshake.
+    handshakes_held: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -526,7 +612,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         // Reap finished tasks so the set does not grow with the test's length.
         while set.try_join_next().is_some() {}
-        set.spawn(serve_tcp(Arc::clone(&shared), tcp, conn_id, open));
+        // Subscribed here, not in the task, so a restart right after the accept reaches it.
+        let restarts = shared.restarts.subscribe();
+        set.spawn(serve_tcp(Arc::clone(&shared), tcp, conn_id, open, restarts));
     }
 }
 
@@ -551,18 +639,35 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream, conn_id: u64, open: OpenGuard) {
+async fn serve_tcp(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    conn_id: u64,
+    open: OpenGuard,
+    mut restarts: watch::Receiver<u64>,
+) {
     let _open = open;
     let Some(acceptor) = shared.tls.clone() else {
-        return serve_http(shared, tcp, conn_id).await;
+        return serve_http(shared, tcp, conn_id, restarts).await;
     };
-    if let Some(tls) = handshake(&shared, &acceptor, tcp).await {
+    let mut held = shared.handshakes_held.subscribe();
+    let tls = tokio::select! {
+        tls = async {
+            // The sender lives in `shared`, so this cannot fail.
+            let _ = held.wait_for(|held| !held).await;
+            handshake(&shared, &acceptor, tcp).await
+        } => tls,
+        // Dropping the handshake closes the socket without RST; the client sees its
+        // handshake fail either way.
+        _ = restarts.changed() => None,
+    };
+    if let Some(tls) = tls {
         let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
         shared.update(|s| {
             s.tls_handshakes += 1;
             s.tls_resumed += usize::from(resumed);
         });
-        serve_http(shared, tls, conn_id).await;
+        serve_http(shared, tls, conn_id, restarts).await;
     }
 }
 
@@ -612,10 +717,16 @@ impl ConnIo for tokio_rustls::server::TlsStream<TcpStream> {
 }
 
 /// How a handler asked for its connection to end.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Kill {
     Reset,
     Close,
+    /// [`Reply::Raw`]; `release_seen` is the release generation when the request arrived.
+    Raw {
+        bytes: Bytes,
+        then: AfterRaw,
+        release_seen: u64,
+    },
 }
 
 /// Per-connection state shared between the connection task and its requests.
@@ -639,7 +750,12 @@ enum End {
 
 type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<ReplyBody>, Infallible>> + Send>>;
 
-async fn serve_http<I: ConnIo>(shared: Arc<Shared>, io: I, conn_id: u64) {
+async fn serve_http<I: ConnIo>(
+    shared: Arc<Shared>,
+    io: I,
+    conn_id: u64,
+    mut restarts: watch::Receiver<u64>,
+) {
     let conn_state = Arc::new(ConnState {
         id: conn_id,
         activity: watch::Sender::new(Activity {
@@ -667,8 +783,9 @@ async fn serve_http<I: ConnIo>(shared: Arc<Shared>, io: I, conn_id: u64) {
             res = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break End::Finished(res),
             kill = kill_rx.wait_for(Option::is_some) => {
                 // The sender lives in conn_state; the value is Some by the predicate.
-                break End::Kill(kill.ok().and_then(|k| *k).unwrap_or(Kill::Close));
+                break End::Kill(kill.ok().and_then(|k| k.clone()).unwrap_or(Kill::Close));
             }
+            _ = restarts.changed() => break End::Kill(Kill::Reset),
             () = idle_expired(&conn_state, shared.idle_close_after), if !idle_fired => {
                 idle_fired = true;
                 shared.update(|s| s.idle_closes += 1);
@@ -681,10 +798,28 @@ async fn serve_http<I: ConnIo>(shared: Arc<Shared>, io: I, conn_id: u64) {
 
     let mut io = conn.into_parts().io.into_inner();
     match end {
-        End::Kill(Kill::Reset) => {
-            // SO_LINGER 0: close() now sends RST and discards unsent data.
-            if let Err(e) = io.tcp().set_zero_linger() {
-                eprintln!("TestUpstream: set_zero_linger failed on conn {conn_id}: {e}");
+        End::Kill(Kill::Reset) => abort_with_rst(&io, conn_id),
+        End::Kill(Kill::Raw {
+            bytes,
+            then,
+            release_seen,
+        }) => {
+            // A failed write means the client is gone; the test sees that on its side.
+            let _ = io.write_all(&bytes).await;
+            let _ = io.flush().await;
+            match then {
+                AfterRaw::Reset => abort_with_rst(&io, conn_id),
+                AfterRaw::ResetWhenReleased => {
+                    wait_release(&shared, release_seen).await;
+                    abort_with_rst(&io, conn_id);
+                }
+                AfterRaw::Close => {
+                    let _ = tokio::time::timeout(SHUTDOWN_LIMIT, io.shutdown()).await;
+                }
+                AfterRaw::Hold => {
+                    // Until the client closes (EOF) or resets (error).
+                    let _ = tokio::io::copy(&mut io, &mut tokio::io::sink()).await;
+                }
             }
         }
         End::Kill(Kill::Close) | End::Finished(_) => {
@@ -693,6 +828,13 @@ async fn serve_http<I: ConnIo>(shared: Arc<Shared>, io: I, conn_id: u64) {
         }
     }
     drop(io);
+}
+
+/// SO_LINGER 0: the close that follows sends RST and discards unsent data.
+fn abort_with_rst<I: ConnIo>(io: &I, conn_id: u64) {
+    if let Err(e) = io.tcp().set_zero_linger() {
+        eprintln!("TestUpstream: set_zero_linger failed on conn {conn_id}: {e}");
+    }
 }
 
 /// Resolves once the connection has had no request in progress for `idle` (never if None).
@@ -831,6 +973,14 @@ async fn handle(
         }
         Reply::Reset => return kill_and_wait(&conn, Kill::Reset).await,
         Reply::Close => return kill_and_wait(&conn, Kill::Close).await,
+        Reply::Raw { bytes, then } => {
+            let kill = Kill::Raw {
+                bytes,
+                then,
+                release_seen: release_generation,
+            };
+            return kill_and_wait(&conn, kill).await;
+        }
     };
 
     if let Some(delay) = spec.delay {
