@@ -1,7 +1,9 @@
 //! Shared test support: the fake exchange (`upstream`), its PKI (`certs`), and `harness`
 //! (sidepool in-process or as the built binary, a small HTTP client, metric scraping);
-//! `faults` (raw broken responses, reading broken bodies, settling waits) for the fault tests.
+//! `faults` (raw broken responses, reading broken bodies, settling waits) and `dns` (a DNS
+//! server on loopback) for the fault and DNS tests.
 pub mod certs;
+pub mod dns;
 pub mod faults;
 pub mod harness;
 pub mod orders;
