@@ -18,6 +18,8 @@ use crate::metrics::DnsResult;
 
 /// How long a failed lookup is remembered.
 const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// How long after the resolver's cached answer expires ours does.
+const RESOLVER_CACHE_MARGIN: Duration = Duration::from_millis(20);
 
 /// The shared resolver: `dns.nameservers` when configured, else the system configuration
 /// from `/etc/resolv.conf`.
@@ -158,10 +160,13 @@ impl DnsCache {
         let entry = match resolver.inner.lookup_ip(host).await {
             Ok(lookup) => {
                 let addrs: Arc<[IpAddr]> = lookup.iter().collect();
+                // Expire just after the resolver's own cache does, so a re-lookup at expiry
+                // really asks the name server instead of getting the old answer back.
                 let ttl = lookup
                     .valid_until()
                     .saturating_duration_since(std::time::Instant::now())
-                    .min(resolver.max_ttl);
+                    .min(resolver.max_ttl)
+                    + RESOLVER_CACHE_MARGIN;
                 if addrs.is_empty() {
                     Entry {
                         result: Err(format!("DNS lookup of {host} returned no addresses")),
@@ -170,7 +175,7 @@ impl DnsCache {
                 } else {
                     Entry {
                         result: Ok(addrs),
-                        expires: now + ttl,
+                        expires: Instant::now() + ttl,
                     }
                 }
             }

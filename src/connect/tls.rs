@@ -35,10 +35,22 @@ pub fn describe_handshake_error(host: &str, addr: SocketAddr, err: &io::Error) -
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     let detail = tls.map_or_else(|| err.to_string(), ToString::to_string);
+    use rustls::CertificateError as Cert;
     let hint = match tls {
-        Some(rustls::Error::InvalidCertificate(_)) => {
-            "; if the upstream uses a private CA, add it to tls.ca_files"
-        }
+        Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+            Cert::Expired | Cert::ExpiredContext { .. } => {
+                "; the upstream's certificate has expired (or this machine's clock is wrong): \
+                 check the clock, and the exchange's status page"
+            }
+            Cert::NotValidYet | Cert::NotValidYetContext { .. } => {
+                "; the certificate is not valid yet: check this machine's clock"
+            }
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                "; the certificate is for another host: check that the upstream url names the \
+                 exchange's real API host (a TLS-inspecting network presents its own certificates)"
+            }
+            _ => "; if the upstream uses a private CA, add it to tls.ca_files",
+        },
         _ => "",
     };
     format!("TLS handshake with {host} ({addr}) failed: {detail}{hint}")

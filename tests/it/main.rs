@@ -33,3 +33,5 @@ mod queueing;
 mod retries;
 /// SIGTERM drains in-flight requests.
 mod shutdown;
+/// The soak (ignored; `bench/soak` runs it): flat memory and descriptors, nothing lost.
+mod soak;

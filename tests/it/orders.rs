@@ -12,7 +12,7 @@ use crate::support::orders::{Answer, Ledger, order, order_id};
 use crate::support::upstream::{Received, Reply, TestUpstream};
 
 /// How the fake exchange treats order `id`: a fixed mix of faults, so every run is the same.
-fn faulty_exchange(r: &Received) -> Reply {
+pub(crate) fn faulty_exchange(r: &Received) -> Reply {
     let Some(id) = order_id(r) else {
         return Reply::default_for(r);
     };
@@ -31,7 +31,7 @@ fn faulty_exchange(r: &Received) -> Reply {
 
 /// Sends orders `ids` one after another on one keep-alive client connection (a new one after
 /// a broken connection), recording each answer.
-async fn place_orders(proxy: SocketAddr, ids: impl Iterator<Item = u64>) -> Ledger {
+pub(crate) async fn place_orders(proxy: SocketAddr, ids: impl Iterator<Item = u64>) -> Ledger {
     let mut ledger = Ledger::default();
     let mut conn: Option<http1::SendRequest<_>> = None;
     for id in ids {

@@ -550,6 +550,21 @@ impl TestUpstream {
     }
 }
 
+impl TestUpstream {
+    /// Stops like a crash (as dropping does), waits until every connection task has ended,
+    /// and returns every request received. Nothing can be received after the snapshot, so a
+    /// response that got out is always in it.
+    pub async fn stop(self) -> Vec<Received> {
+        self.accept_task.abort();
+        let conns = lock(&self.shared.conns).take();
+        if let Some(mut conns) = conns {
+            conns.abort_all();
+            while conns.join_next().await.is_some() {}
+        }
+        lock(&self.shared.received).clone()
+    }
+}
+
 impl Drop for TestUpstream {
     fn drop(&mut self) {
         self.accept_task.abort();
