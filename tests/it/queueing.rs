@@ -147,7 +147,8 @@ async fn queued_requests_are_served_in_arrival_order() {
 /// requests queue although `b` is under its own cap. When `a`'s requests finish, its
 /// connections are closed to make room (reason `evicted`) instead of idling, and `b`'s waiters
 /// get the slots: `a` ends with nothing open, `b` with two idle connections, and no more than
-/// two requests were ever on the wire.
+/// two requests were ever on the wire. A later request for `a` in turn evicts one of `b`'s idle
+/// connections rather than queueing behind them.
 #[tokio::test]
 async fn global_cap_passes_freed_slots_to_the_starved_upstream() {
     let upstream = TestUpstream::builder()
@@ -192,6 +193,16 @@ async fn global_cap_passes_freed_slots_to_the_starved_upstream() {
     let text = sidepool.metrics().await;
     assert!(
         text.contains("http_pool_connections_closed_total{upstream=\"a\",reason=\"evicted\"} 2"),
+        "{text}"
+    );
+    // Now `b` idles on both global slots: a new request for `a` closes the older of them.
+    let (status, _, _) = send_fresh(sidepool.proxy, get("/a/again")).await;
+    assert_eq!(status, StatusCode::OK);
+    sidepool.wait_gauges("a", (0.0, 1.0, 0.0, 0.0)).await;
+    sidepool.wait_gauges("b", (0.0, 1.0, 0.0, 0.0)).await;
+    let text = sidepool.metrics().await;
+    assert!(
+        text.contains("http_pool_connections_closed_total{upstream=\"b\",reason=\"evicted\"} 1"),
         "{text}"
     );
 }
