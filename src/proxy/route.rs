@@ -97,6 +97,14 @@ impl Routes {
             )
         };
         let candidates = self.by_host.get(&host).ok_or_else(not_allowed)?;
+        // `host:99999` names a port, just not one that exists: never read it as "no port".
+        let names_port = authority.as_str().len() > authority.host().len();
+        if names_port && authority.port_u16().is_none() {
+            return Err(ProxyError::new(
+                ErrorKind::BadRequest,
+                format!("invalid port in {}", authority.as_str()),
+            ));
+        }
         let upstream = match authority.port_u16() {
             Some(port) => candidates
                 .iter()
@@ -121,10 +129,16 @@ impl Routes {
                     })?,
             },
         };
-        let path_and_query = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // `http://host`, `http://host#x` and `http://host?q` have no path: the root is meant.
+        // A missing path reads as "/" but is stored empty and would be sent as an empty
+        // request-target, so the root is built afresh.
+        let path_and_query = match uri.path_and_query() {
+            Some(pq) if pq.as_str() == "/" => PathAndQuery::from_static("/"),
+            Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
+            Some(pq) => PathAndQuery::try_from(format!("/{}", pq.as_str()))
+                .map_err(|_| ProxyError::new(ErrorKind::BadRequest, "invalid request path"))?,
+            None => PathAndQuery::from_static("/"),
+        };
         Ok(Route {
             upstream,
             path_and_query,
@@ -218,6 +232,33 @@ mod tests {
         assert_eq!(resolve("/unknown/x"), Err(ErrorKind::NotAllowed));
         assert_eq!(resolve("/"), Err(ErrorKind::NotAllowed));
         assert_eq!(resolve("/bybitx/v5"), Err(ErrorKind::NotAllowed));
+    }
+
+    /// What goes on the wire: an origin-form `Uri` built from the route's path.
+    fn wire_target(target: &str) -> String {
+        let route = routes().resolve(&target.parse().unwrap()).unwrap();
+        Uri::from(route.path_and_query).to_string()
+    }
+
+    #[test]
+    fn absolute_form_without_a_path_is_sent_as_the_root() {
+        assert_eq!(wire_target("http://api.bybit.com"), "/");
+        assert_eq!(wire_target("http://api.bybit.com#frag"), "/");
+        assert_eq!(wire_target("http://api.bybit.com?x=1"), "/?x=1");
+        assert_eq!(wire_target("http://api.bybit.com/v5?x=1"), "/v5?x=1");
+    }
+
+    #[test]
+    fn a_port_that_does_not_parse_is_refused_not_ignored() {
+        assert_eq!(
+            resolve("http://api.bybit.com:99999/x"),
+            Err(ErrorKind::BadRequest)
+        );
+        assert_eq!(
+            resolve("http://api.bybit.com:66979/x"),
+            Err(ErrorKind::BadRequest)
+        );
+        assert_eq!(resolve("http://api.bybit.com:443/x"), Ok((0, "/x".into())));
     }
 
     #[test]

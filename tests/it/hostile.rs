@@ -527,12 +527,11 @@ async fn slowloris_trickling_header_bytes_is_cut_at_header_read_timeout() {
     assert_eq!(paths, ["/meanwhile"]);
 }
 
-/// BUG (ignored until fixed): an absolute-form target whose authority is followed directly by
-/// a fragment (`http://exchange.test:PORT#x`) is forwarded with an empty request-target: the
-/// exchange receives the request line `GET  HTTP/1.1`. It should be `GET / HTTP/1.1` (the
-/// fragment dropped, as it is for `/ex#x` in route mode) or a 400.
+/// An absolute-form target whose authority is followed directly by a fragment
+/// (`http://exchange.test:PORT#x`) is never forwarded with an empty request-target
+/// (`GET  HTTP/1.1`): the exchange gets `GET / HTTP/1.1` (the fragment dropped, as it is for
+/// `/ex#x` in route mode), or the client a 400.
 #[tokio::test]
-#[ignore = "bug: a fragment right after the authority is forwarded as an empty request-target"]
 async fn fragment_after_the_authority_is_not_forwarded_as_an_empty_target() {
     let ex = TestUpstream::start().await;
     let other = TestUpstream::start().await;
@@ -550,12 +549,9 @@ async fn fragment_after_the_authority_is_not_forwarded_as_an_empty_target() {
     assert_eq!(other.stats().tcp_connections, 0);
 }
 
-/// BUG (ignored until fixed): a port that is not a valid u16 (`http://exchange.test:99999/`)
-/// is taken as "no port" and the request goes to exchange.test's configured port; a port the
-/// client did not ask for should be refused like any other unconfigured port (403), or the
-/// target refused as malformed (400).
+/// A port that is not a valid u16 (`http://exchange.test:99999/`) is never taken as "no
+/// port" (which would send the request to exchange.test's configured port): it is refused.
 #[tokio::test]
-#[ignore = "bug: an out-of-range port in absolute form is treated as no port"]
 async fn out_of_range_port_is_refused() {
     let ex = TestUpstream::start().await;
     let other = TestUpstream::start().await;
