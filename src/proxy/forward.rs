@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::body::RequestBody;
+use super::body::{ClientBodyError, RequestBody};
 use super::{Upstream, UpstreamConn};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{CloseReason, RetryReason};
@@ -261,6 +261,15 @@ fn connection_broke(err: &hyper::Error) -> bool {
 }
 
 fn sent_failure(upstream: &Upstream, err: &hyper::Error, reused: bool) -> ProxyError {
+    let client_body = std::iter::successors(std::error::Error::source(err), |e| e.source())
+        .find_map(|e| e.downcast_ref::<ClientBodyError>());
+    if let Some(body) = client_body {
+        return ProxyError::new(
+            ErrorKind::BadRequest,
+            format!("{body}; the upstream got an incomplete request, which was not re-sent"),
+        )
+        .with_upstream(&upstream.name);
+    }
     let mut detail = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
