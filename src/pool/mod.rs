@@ -9,6 +9,11 @@
 //!   the oldest waiter, or is closed, and the slot is freed;
 //! - a waiter (inside [`Pool::checkout`]) that leaves the queue when its future is dropped.
 //!
+//! Waiters are served in arrival order: within a pool by its FIFO queue, and across pools
+//! when the global cap is what blocks them: a slot freed in one pool goes to an older waiter
+//! of another pool that is starved by the global cap before this pool's own younger waiters,
+//! so one busy upstream cannot starve the others.
+//!
 //! Every state change happens under the upstream's own mutex, which is never held across an
 //! `.await`, and the gauges are set from the counts in that same critical section, so they are
 //! exact at every moment. The global cap is an atomic counter of reserved slots; only the slow
@@ -90,6 +95,7 @@ impl<C: Poolable> PoolSet<C> {
             open: AtomicUsize::new(0),
             starved: Mutex::new(VecDeque::new()),
             starved_len: AtomicUsize::new(0),
+            next_waiter: AtomicU64::new(1),
             pools: OnceLock::new(),
         });
         let pools: Vec<Arc<Pool<C>>> = upstreams
@@ -139,10 +145,12 @@ struct Global<C: Poolable> {
     /// counts go up and released after they go down, so it never undercounts.
     open: AtomicUsize,
     /// Waiters (pool index, waiter id) that are under their pool's cap but blocked by the
-    /// global cap, oldest first.
+    /// global cap, oldest (lowest id) first.
     starved: Mutex<VecDeque<(usize, u64)>>,
     /// Length of `starved`, readable without the lock on the hot path.
     starved_len: AtomicUsize,
+    /// Waiter ids, in arrival order over all pools, so "oldest" means the same everywhere.
+    next_waiter: AtomicU64,
     pools: OnceLock<Vec<Weak<Pool<C>>>>,
 }
 
@@ -158,6 +166,11 @@ impl<C: Poolable> Global<C> {
     /// A slot was given up: hand it to the oldest starved waiter, if any.
     fn release(&self) {
         self.open.fetch_sub(1, Ordering::SeqCst);
+        self.hand_out_free_slots();
+    }
+
+    /// Gives free global slots to starved waiters, oldest first.
+    fn hand_out_free_slots(&self) {
         // Pairs with the re-check in `Pool::enqueue`: either that waiter sees the freed slot or
         // we see its registration (both sides use SeqCst).
         while self.starved_len.load(Ordering::SeqCst) > 0 {
@@ -196,9 +209,23 @@ impl<C: Poolable> Global<C> {
         }
     }
 
+    /// Adds a waiter in arrival order (a waiter may become starved after younger ones did).
     fn register_starved(&self, index: usize, waiter: u64) {
-        lock(&self.starved).push_back((index, waiter));
+        let mut starved = lock(&self.starved);
+        let pos = starved
+            .iter()
+            .rposition(|e| e.1 < waiter)
+            .map_or(0, |p| p + 1);
+        starved.insert(pos, (index, waiter));
         self.starved_len.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The id of the oldest waiter starved by the global cap, if any.
+    fn oldest_starved(&self) -> Option<u64> {
+        if self.starved_len.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        lock(&self.starved).front().map(|e| e.1)
     }
 
     fn unregister_starved(&self, index: usize, waiter: u64) {
@@ -519,7 +546,7 @@ impl<C: Poolable> Pool<C> {
             }
             return Err(Queued::Full);
         }
-        let id = self.next_id();
+        let id = self.global.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         state.waiters.push_back(WaiterEntry {
             id,
@@ -554,6 +581,10 @@ impl<C: Poolable> Pool<C> {
     /// counts already lowered: give it to the oldest waiter, or give it back globally.
     /// Returns the number of global slots the caller must release after unlocking.
     fn slot_freed(&self, state: &mut State<C>) -> usize {
+        if self.other_pool_waits_longer(state) {
+            self.mark_starved(state);
+            return 1;
+        }
         while let Some(waiter) = state.waiters.pop_front() {
             if waiter.starved {
                 self.global.unregister_starved(self.index, waiter.id);
@@ -568,6 +599,34 @@ impl<C: Poolable> Pool<C> {
         1
     }
 
+    /// True when another pool's waiter, starved by the global cap, arrived before this pool's
+    /// oldest waiter: a slot freed here is owed to it.
+    fn other_pool_waits_longer(&self, state: &State<C>) -> bool {
+        let Some(front) = state.waiters.front() else {
+            return false;
+        };
+        // Equal ids mean the oldest starved waiter is this pool's own front waiter.
+        self.global
+            .oldest_starved()
+            .is_some_and(|oldest| oldest < front.id)
+    }
+
+    /// After this pool gave a slot away, as many of its oldest waiters as it now has room for
+    /// under its own cap are blocked only by the global cap: they join the starved queue.
+    /// Returns whether any waiter was newly registered.
+    fn mark_starved(&self, state: &mut State<C>) -> bool {
+        let room = self.limits.max_connections.saturating_sub(state.open());
+        let mut registered = false;
+        for waiter in state.waiters.iter_mut().take(room) {
+            if !waiter.starved {
+                waiter.starved = true;
+                self.global.register_starved(self.index, waiter.id);
+                registered = true;
+            }
+        }
+        registered
+    }
+
     /// An active connection is done and may be reused: to the oldest waiter, or to idle.
     fn checkin(&self, conn: C, id: u64) {
         let mut state = self.lock();
@@ -575,6 +634,14 @@ impl<C: Poolable> Pool<C> {
         let mut freed = 0;
         let mut returned = Some(conn);
         while let Some(conn) = returned.take() {
+            if self.other_pool_waits_longer(&state) {
+                // Arrival order across upstreams: the slot goes to the older waiter elsewhere.
+                self.metrics.connection_closed(CloseReason::Evicted);
+                drop(conn);
+                freed += 1;
+                self.mark_starved(&mut state);
+                break;
+            }
             let Some(waiter) = state.waiters.pop_front() else {
                 returned = Some(conn);
                 break;
@@ -614,9 +681,21 @@ impl<C: Poolable> Pool<C> {
                 });
             }
         }
+        self.settle(state, freed);
+    }
+
+    /// Ends a critical section that freed room under this pool's cap or served a starved
+    /// waiter: the waiters that room now covers join the starved queue, the gauges are set,
+    /// and `freed` global slots are released. Any free global slot then goes to the oldest
+    /// starved waiter, so none waits while a slot is free.
+    fn settle(&self, mut state: MutexGuard<'_, State<C>>, freed: usize) {
+        let registered = self.mark_starved(&mut state);
         self.publish(&mut state);
         drop(state);
         self.release_global(freed);
+        if registered {
+            self.global.hand_out_free_slots();
+        }
     }
 
     /// An active connection is closed (not reusable).
@@ -625,9 +704,7 @@ impl<C: Poolable> Pool<C> {
         state.active -= 1;
         self.metrics.connection_closed(reason);
         let freed = self.slot_freed(&mut state);
-        self.publish(&mut state);
-        drop(state);
-        self.release_global(freed);
+        self.settle(state, freed);
     }
 
     /// A connection moved from connecting to active.
@@ -643,9 +720,7 @@ impl<C: Poolable> Pool<C> {
         let mut state = self.lock();
         state.connecting -= 1;
         let freed = self.slot_freed(&mut state);
-        self.publish(&mut state);
-        drop(state);
-        self.release_global(freed);
+        self.settle(state, freed);
     }
 
     /// The connection with `id` ended on its own (the upstream closed it). If it was idle, it
@@ -683,6 +758,8 @@ impl<C: Poolable> Pool<C> {
         if !sent {
             state.connecting -= 1;
         }
+        // Called from the global hand-out loop, which serves whoever registers here next.
+        self.mark_starved(&mut state);
         self.publish(&mut state);
         sent
     }
@@ -697,7 +774,8 @@ impl<C: Poolable> Pool<C> {
             {
                 self.global.unregister_starved(self.index, id);
             }
-            self.publish(&mut state);
+            // A starved waiter's room under this pool's cap passes to the next waiter.
+            self.settle(state, 0);
             return;
         }
         drop(state);

@@ -207,14 +207,11 @@ async fn global_cap_passes_freed_slots_to_the_starved_upstream() {
     );
 }
 
-/// BUG (ignored until fixed): a freed connection goes to its own upstream's queue before the
-/// global queue of starved upstreams, whatever the arrival order. `a` holds both global slots,
-/// `b` queues, then `a` queues two more: when `a`'s requests finish, both connections go to
-/// `a`'s later arrivals and `b` waits on; as long as `a` keeps its queue non-empty, `b` is
-/// starved until `queue_timeout` (503), although it arrived first. Fair sharing hands the
-/// first freed slot to `b`'s older waiter.
+/// Arrival order holds across upstreams under the global cap: `a` holds both global slots,
+/// `b` queues, then `a` queues two more. The first slot `a` frees goes to `b`'s older waiter,
+/// not to `a`'s later arrivals, so an upstream that keeps its own queue full cannot starve
+/// another until `queue_timeout`.
 #[tokio::test]
-#[ignore = "bug: an upstream with its own queue starves other upstreams waiting for a global slot"]
 async fn later_arrivals_of_one_upstream_do_not_starve_another() {
     let upstream = TestUpstream::builder()
         .handler(hold_on_request)
