@@ -65,6 +65,7 @@ class Bench:
             "sidepool": base + 10,
             "sidepool_admin": base + 11,
             "haproxy": base + 20,
+            "relay": base + 21,
             "nginx": base + 30,
             "growth": base + 40,
             "growth_admin": base + 41,
@@ -102,7 +103,9 @@ class Bench:
         if cpu is not None:
             argv = ["taskset", "-c", cpu] + argv
         logf = open(os.path.join(self.work, f"{name}.log"), "ab")
-        full_env = dict(os.environ)
+        # SIDEPOOL_* is sidepool's config namespace (an unknown key stops it), so the harness's
+        # own variables such as SIDEPOOL_BIN are not passed on.
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEPOOL_")}
         if env:
             full_env.update(env)
         proc = subprocess.Popen(
@@ -339,6 +342,12 @@ frontend fe
   bind 127.0.0.1:{self.port['haproxy']}
   http-request deny deny_status 403 unless {{ path_beg /ex/ }}
   use_backend ex
+# The floor of any proxy here: one more loopback hop doing no work (bytes relayed, TLS end
+# to end from the client), measured as a reference in the added-latency scenario.
+listen relay
+  mode tcp
+  bind 127.0.0.1:{self.port['relay']}
+  server s1 127.0.0.1:{upstream_port}
 backend ex
   http-request replace-path ^/ex(/.*)$ \\1
   http-request set-header Host exchange.test
@@ -407,6 +416,8 @@ http {{
         """(port, path prefix, tls) for a target."""
         if name == "direct":
             return self.port["exchange"], "", True
+        if name == "relay":
+            return self.port["relay"], "", True
         if name == "multi":
             return self.port["multi"], "", False
         return self.port[name], "/ex", False
@@ -664,7 +675,7 @@ http {{
         rate = self.args.rate
         seconds = 2 if self.quick else 4
         rounds = 1 if self.quick else 5
-        targets = ["direct"] + PROXIES
+        targets = ["direct", "relay"] + PROXIES
         self.start_proxies(self.port["exchange"])
         samples = {t: [] for t in targets}
         info = {t: {"late_sends": 0, "statuses": {}} for t in targets}

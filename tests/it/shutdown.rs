@@ -5,17 +5,25 @@ use http::StatusCode;
 use crate::support::harness::{Process, config_toml, get, https, send_fresh};
 use crate::support::upstream::{Reply, TestUpstream};
 
+/// SIGTERM lets an in-flight request finish, then sidepool exits 0; on the multi-threaded
+/// runtime and on the single-threaded one used with one worker.
 #[tokio::test]
 async fn sigterm_drains_an_in_flight_request_then_exits_0() {
+    for workers in ["2", "1"] {
+        drain_with_workers(workers).await;
+    }
+}
+
+async fn drain_with_workers(workers: &str) {
     let upstream = TestUpstream::builder()
         .handler(|_| Reply::json(200, "{\"filled\":true}").delay(Duration::from_millis(500)))
         .start()
         .await;
     let port = upstream.port();
     let mut sidepool = Process::start(
-        "drain",
+        &format!("drain-{workers}"),
         &config_toml("", &[https("ex", "exchange.test", port)]),
-        &[],
+        &[("TOKIO_WORKER_THREADS", workers)],
     )
     .await;
     let proxy = sidepool.proxy;
