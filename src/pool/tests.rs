@@ -243,6 +243,50 @@ async fn starved_waiter_gets_a_slot_freed_by_another_upstream() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn full_queue_refuses_at_once_at_either_cap() {
+    let metrics = Metrics::new(2);
+    let bounded = |cap: usize, name: &str| {
+        let name: Arc<str> = Arc::from(name);
+        let m = metrics.upstream(&name, cap);
+        let mut l = limits(cap);
+        l.max_waiting = Some(1);
+        (name, l, m)
+    };
+    let set = PoolSet::new(2, [bounded(1, "a"), bounded(2, "b")]);
+    let (a, b) = (set.pools()[0].clone(), set.pools()[1].clone());
+    // At its own cap: one request may wait, the next is refused without waiting.
+    let a1 = connect(&a, "a1").await;
+    let aa = a.clone();
+    let queued = tokio::spawn(async move { aa.checkout(false).await.is_ok() });
+    tokio::task::yield_now().await;
+    assert_eq!(a.counts(), counts(1, 0, 0, 1));
+    assert_eq!(
+        a.checkout(false).await.err(),
+        Some(CheckoutError::QueueFull)
+    );
+    // Under its own cap but at the global one (starved): the same bound applies.
+    let b1 = connect(&b, "b1").await;
+    let bb = b.clone();
+    let starved = tokio::spawn(async move { bb.checkout(false).await.is_ok() });
+    tokio::task::yield_now().await;
+    assert_eq!(b.counts(), counts(1, 0, 0, 1));
+    assert_eq!(
+        b.checkout(false).await.err(),
+        Some(CheckoutError::QueueFull)
+    );
+    assert_eq!(
+        a.counts(),
+        counts(1, 0, 0, 1),
+        "a refusal leaves the queue as it was"
+    );
+    // Older first: a's waiter arrived before b's, so a's freed slot goes to a's own waiter.
+    a1.release();
+    assert!(queued.await.unwrap());
+    drop(b1);
+    assert!(starved.await.unwrap());
+}
+
+#[tokio::test(start_paused = true)]
 async fn caps_hold_under_concurrent_checkouts() {
     let (set, _metrics) = pools(5, &[4, 4]);
     let mut tasks = Vec::new();
