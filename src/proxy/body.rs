@@ -152,10 +152,6 @@ pub struct UpstreamBody {
     deadline: Instant,
     last_progress: Instant,
     completion: Option<Completion>,
-    /// The first frame, read before the response head is answered (see [`UpstreamBody::prefetch`]).
-    first: Option<Frame<Bytes>>,
-    /// While prefetching, a failure is the caller's to report: no log line, no metrics here.
-    prefetching: bool,
 }
 
 impl UpstreamBody {
@@ -178,8 +174,6 @@ impl UpstreamBody {
             deadline,
             last_progress: now,
             completion: Some(completion),
-            first: None,
-            prefetching: false,
         };
         if body.inner.is_end_stream() {
             body.finish(true);
@@ -209,37 +203,8 @@ impl UpstreamBody {
         if let Some(mut pooled) = self.pooled.take() {
             pooled.set_close_reason(reason);
         }
-        if self.prefetching {
-            return;
-        }
         if let Some(completion) = self.completion.take() {
             completion.finish(outcome);
-        }
-    }
-
-    /// Waits for the first body frame (under the same read and request timeouts) before the
-    /// response head goes to the client. An exchange whose body breaks before its first byte
-    /// then gets an error answer from sidepool instead of a head followed by nothing, which
-    /// clients can only report as a closed connection. Usually the first bytes arrive with the
-    /// head, so nothing is waited for. On failure the request is not logged or counted here:
-    /// the caller answers with the returned error, and gets the request's [`Completion`] back.
-    pub async fn prefetch(&mut self) -> Result<(), (BoxError, Completion)> {
-        if self.completion.is_none() {
-            return Ok(());
-        }
-        self.prefetching = true;
-        let first = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await;
-        self.prefetching = false;
-        match first {
-            Some(Ok(frame)) => {
-                self.first = Some(frame);
-                Ok(())
-            }
-            Some(Err(err)) => match self.completion.take() {
-                Some(completion) => Err((err, completion)),
-                None => Ok(()),
-            },
-            None => Ok(()),
         }
     }
 }
@@ -253,9 +218,6 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(frame) = this.first.take() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
         if this.completion.is_none() {
             // Finished, failed or timed out: nothing more will come.
             return Poll::Ready(None);
@@ -301,21 +263,11 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.inner.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        let inner = self.inner.size_hint();
-        let Some(first) = self.first.as_ref().and_then(Frame::data_ref) else {
-            return inner;
-        };
-        let len = first.len() as u64;
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + len);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + len);
-        }
-        hint
+        self.inner.size_hint()
     }
 }
 

@@ -37,7 +37,7 @@ use crate::connect::{self, Addresses, Connector};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolLimits, PoolSet, Poolable};
-use body::{BodyTimeout, UpstreamBody};
+use body::UpstreamBody;
 use log::Completion;
 use route::Routes;
 
@@ -188,39 +188,15 @@ impl Proxy {
                     queue_wait: sent.queue_wait,
                     retried: sent.retried,
                 };
-                let status = head.status;
-                let mut body = Box::new(UpstreamBody::new(
+                let body = UpstreamBody::new(
                     incoming,
                     sent.pooled,
                     reusable,
                     upstream.limits.read_timeout,
                     sent.deadline,
                     completion,
-                ));
-                if let Err((err, completion)) = body.prefetch().await {
-                    let kind = err
-                        .downcast_ref::<BodyTimeout>()
-                        .map_or(ErrorKind::UpstreamFailed, |timeout| timeout.kind);
-                    let error = ProxyError::new(
-                        kind,
-                        format!(
-                            "the upstream answered {} but its body failed before the first byte \
-                             ({err}); it may have acted on the request, so it was not re-sent",
-                            status.as_u16()
-                        ),
-                    )
-                    .with_upstream(&upstream.name);
-                    log::error_done(
-                        &error,
-                        upstream.pool.metrics(),
-                        &completion.method,
-                        completion.path.as_str(),
-                        started,
-                        Some(completion.queue_wait),
-                    );
-                    return local_error(&error);
-                }
-                Response::from_parts(head, ProxyBody::Upstream(body))
+                );
+                Response::from_parts(head, ProxyBody::Upstream(Box::new(body)))
             }
             Err(failed) => {
                 log::error_done(
