@@ -152,6 +152,9 @@ pub struct UpstreamBody {
     deadline: Instant,
     last_progress: Instant,
     completion: Option<Completion>,
+    /// The client may have the response head: a data frame went out with it, or the body had
+    /// to wait, and hyper flushes the head while it waits.
+    head_out: bool,
 }
 
 impl UpstreamBody {
@@ -174,6 +177,7 @@ impl UpstreamBody {
             deadline,
             last_progress: now,
             completion: Some(completion),
+            head_out: false,
         };
         if body.inner.is_end_stream() {
             body.finish(true);
@@ -199,11 +203,17 @@ impl UpstreamBody {
         }
     }
 
-    fn fail(&mut self, reason: CloseReason, outcome: &'static str) {
+    /// Ends the exchange early. `status_if_nothing_sent` replaces the exchange's status in the
+    /// log and metrics when the head cannot have gone out: hyper then drops it with the
+    /// connection, so the client never saw that status.
+    fn fail(&mut self, reason: CloseReason, outcome: &'static str, status_if_nothing_sent: u16) {
         if let Some(mut pooled) = self.pooled.take() {
             pooled.set_close_reason(reason);
         }
-        if let Some(completion) = self.completion.take() {
+        if let Some(mut completion) = self.completion.take() {
+            if !self.head_out {
+                completion.status = status_if_nothing_sent;
+            }
             completion.finish(outcome);
         }
     }
@@ -225,6 +235,7 @@ impl Body for UpstreamBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.last_progress = Instant::now();
+                this.head_out |= frame.is_data();
                 // hyper stops polling a body whose length is known once it reports its end, so
                 // the exchange is complete now, not at a final `None` that may never be asked for.
                 if this.inner.is_end_stream() {
@@ -233,7 +244,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
-                this.fail(CloseReason::Error, "upstream_body_error");
+                this.fail(CloseReason::Error, "upstream_body_error", 502);
                 Poll::Ready(Some(Err(err.into())))
             }
             Poll::Ready(None) => {
@@ -241,6 +252,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Pending => loop {
+                this.head_out = true;
                 let read_deadline = this.last_progress + this.read_timeout;
                 let timer = this.timer.get_or_insert_with(|| {
                     Box::pin(tokio::time::sleep_until(read_deadline.min(this.deadline)))
@@ -253,7 +265,7 @@ impl Body for UpstreamBody {
                     } else {
                         ErrorKind::ReadTimeout
                     };
-                    this.fail(CloseReason::Timeout, kind.as_str());
+                    this.fail(CloseReason::Timeout, kind.as_str(), kind.status().as_u16());
                     return Poll::Ready(Some(Err(Box::new(BodyTimeout { kind }))));
                 }
                 // Bytes arrived since the timer was armed: move it instead of firing.
@@ -275,7 +287,9 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // Not read to the end (client gone or hyper stopped polling): never reuse.
         if self.pooled.is_some() || self.completion.is_some() {
-            self.fail(CloseReason::Incomplete, "client_gone");
+            // A client that left saw nothing of a response it did not read: keep the status.
+            let status = self.completion.as_ref().map_or(0, |c| c.status);
+            self.fail(CloseReason::Incomplete, "client_gone", status);
         }
     }
 }
