@@ -815,18 +815,15 @@ impl<C: Poolable> Pool<C> {
     /// Closes the idle connections that [`Poolable::is_retired`] says must not be reused.
     pub fn close_retired_idle(&self) {
         let mut state = self.lock();
-        let mut retired = Vec::new();
-        let mut i = 0;
-        while i < state.idle.len() {
-            if state.idle[i].conn.is_retired() {
-                retired.push(state.idle.remove(i));
-                self.metrics.connection_closed(CloseReason::DnsChanged);
-            } else {
-                i += 1;
-            }
-        }
+        let retired: Vec<Idle<C>> = state
+            .idle
+            .extract_if(.., |idle| idle.conn.is_retired())
+            .collect();
         if retired.is_empty() {
             return;
+        }
+        for _ in &retired {
+            self.metrics.connection_closed(CloseReason::DnsChanged);
         }
         self.publish(&mut state);
         drop(state);

@@ -10,15 +10,18 @@ use http::Method;
 use http::uri::PathAndQuery;
 use tokio::time::Instant;
 
+use super::UpstreamConn;
 use super::headers::redact_path;
 use crate::error::ProxyError;
 use crate::metrics::{RetryReason, UpstreamMetrics};
+use crate::pool::Pool;
 
 /// What is known about a forwarded request when its response starts; logged when it ends.
 pub struct Completion {
     pub(super) started: Instant,
-    pub(super) upstream: Arc<str>,
-    pub(super) metrics: UpstreamMetrics,
+    /// The upstream's pool: its name and metrics (one reference count, not a copy of every
+    /// metric handle, per request).
+    pub(super) pool: Arc<Pool<UpstreamConn>>,
     pub(super) method: Method,
     pub(super) path: PathAndQuery,
     pub(super) status: u16,
@@ -32,9 +35,9 @@ impl Completion {
     /// response was delivered to the end.
     pub fn finish(self, outcome: &str) {
         let took = self.started.elapsed();
-        self.metrics.request_done(self.status, took);
+        self.pool.metrics().request_done(self.status, took);
         tracing::info!(
-            upstream = %self.upstream,
+            upstream = %self.pool.name(),
             method = %self.method,
             path = %redact_path(self.path.as_str()),
             status = self.status,

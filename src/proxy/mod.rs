@@ -179,8 +179,7 @@ impl Proxy {
                 head.version = Version::HTTP_11;
                 let completion = Completion {
                     started,
-                    upstream: upstream.name.clone(),
-                    metrics: upstream.pool.metrics().clone(),
+                    pool: upstream.pool.clone(),
                     method,
                     path,
                     status: head.status.as_u16(),
