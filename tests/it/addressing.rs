@@ -6,11 +6,7 @@ use crate::support::upstream::TestUpstream;
 #[tokio::test]
 async fn route_mode_forwards_path_and_query_byte_for_byte() {
     let upstream = TestUpstream::builder().start().await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let query = "/v5/market/tickers?category=spot&symbol=BTC%2FUSDT&x=a+b&&empty=";
     let (status, _, body) = send_fresh(sidepool.proxy, get(&format!("/ex{query}"))).await;
     assert_eq!(status, StatusCode::OK);
@@ -71,11 +67,7 @@ async fn hop_by_hop_headers_are_dropped_both_ways_and_nothing_is_added() {
         })
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let mut req = get("/ex/p");
     let headers = req.headers_mut();
     headers.insert("connection", "x-client-hop, keep-alive".parse().unwrap());

@@ -9,7 +9,7 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::support::harness::{Client, Sidepool, config_toml, get, https, raw, request};
+use crate::support::harness::{Client, Sidepool, get, raw, request};
 use crate::support::upstream::{Reply, TestUpstream};
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -19,11 +19,7 @@ fn pattern(len: usize) -> Vec<u8> {
 #[tokio::test]
 async fn request_and_response_bodies_are_byte_exact() {
     let upstream = TestUpstream::builder().start().await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let body = pattern(200_000);
     let mut client = Client::connect(sidepool.proxy).await;
     let (status, _, echoed) = client.send(request("POST", "/ex/echo", body.clone())).await;
@@ -43,11 +39,7 @@ async fn request_and_response_bodies_are_byte_exact() {
 #[tokio::test]
 async fn chunked_request_body_is_streamed_upstream() {
     let upstream = TestUpstream::builder().start().await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let chunks: Vec<Vec<u8>> = (0..20).map(|i| pattern(1000 + i * 17)).collect();
     let expected: Vec<u8> = chunks.concat();
     let req = Request::builder()
@@ -91,11 +83,7 @@ async fn five_megabyte_response_streams_through_intact() {
         .handler(|_| Reply::stream(CHUNKS, CHUNK))
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let mut client = Client::connect(sidepool.proxy).await;
     let response = client.send_streaming(get("/ex/big")).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -120,11 +108,7 @@ async fn five_megabyte_response_streams_through_intact() {
 #[tokio::test]
 async fn expect_100_continue_gets_a_continue_and_the_body_arrives() {
     let upstream = TestUpstream::builder().start().await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let text = raw(
         sidepool.proxy,
         b"POST /ex/orders HTTP/1.1\r\nHost: sidepool.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\nhello",

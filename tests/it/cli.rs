@@ -116,11 +116,7 @@ async fn health_subcommand_reports_readiness() {
     let upstream = crate::support::upstream::TestUpstream::builder()
         .start()
         .await;
-    let sidepool = crate::support::harness::Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = crate::support::harness::Sidepool::for_upstream(&upstream, "").await;
     let admin = sidepool.admin.to_string();
     let ready = tokio::task::spawn_blocking(move || {
         binary()

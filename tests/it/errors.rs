@@ -9,18 +9,10 @@ use crate::support::harness::{
 };
 use crate::support::upstream::{Reply, TestUpstream};
 
-async fn sidepool_for(upstream: &TestUpstream, pool: &str) -> Sidepool {
-    Sidepool::start(&config_toml(
-        pool,
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await
-}
-
 #[tokio::test]
 async fn unknown_route_or_host_is_403_and_nothing_leaves() {
     let upstream = TestUpstream::builder().start().await;
-    let sidepool = sidepool_for(&upstream, "").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     for target in [
         "/nope/v5/market/tickers".to_owned(),
         "http://evil.example/steal".to_owned(),
@@ -42,7 +34,7 @@ async fn unknown_route_or_host_is_403_and_nothing_leaves() {
 #[tokio::test]
 async fn connect_is_405_with_a_hint() {
     let upstream = TestUpstream::builder().start().await;
-    let sidepool = sidepool_for(&upstream, "").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let text = raw(
         sidepool.proxy,
         b"CONNECT exchange.test:443 HTTP/1.1\r\nHost: exchange.test:443\r\n\r\n",
@@ -63,7 +55,7 @@ async fn connect_is_405_with_a_hint() {
 #[tokio::test]
 async fn malformed_requests_are_400_and_the_proxy_keeps_serving() {
     let upstream = TestUpstream::builder().start().await;
-    let sidepool = sidepool_for(&upstream, "").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let framing = raw(
         sidepool.proxy,
         b"GET /ex/x HTTP/1.1\r\nHost: a\r\nContent-Length: nope\r\n\r\n",
@@ -88,7 +80,7 @@ async fn malformed_requests_are_400_and_the_proxy_keeps_serving() {
 #[tokio::test]
 async fn oversized_headers_are_431() {
     let upstream = TestUpstream::builder().start().await;
-    let sidepool = sidepool_for(&upstream, "").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let mut req = get("/ex/x");
     req.headers_mut()
         .insert("x-big", "a".repeat(20 * 1024).parse().unwrap());
@@ -131,7 +123,7 @@ async fn untrusted_certificate_is_502_tls_failed() {
         .pki(certs::untrusted())
         .start()
         .await;
-    let sidepool = sidepool_for(&upstream, "").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let (status, headers, body) =
         send_fresh(sidepool.proxy, request("POST", "/ex/order", "x")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
@@ -176,7 +168,7 @@ async fn stalled_upstream_is_504_read_timeout_and_the_connection_is_not_reused()
         })
         .start()
         .await;
-    let sidepool = sidepool_for(&upstream, "read_timeout = \"300ms\"").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "read_timeout = \"300ms\"").await;
     let mut client = Client::connect(sidepool.proxy).await;
     let (status, headers, _) = client.send(get("/ex/stall")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
@@ -197,7 +189,7 @@ async fn slow_exchange_is_504_request_timeout() {
         .handler(|_| Reply::Stall)
         .start()
         .await;
-    let sidepool = sidepool_for(
+    let sidepool = Sidepool::for_upstream(
         &upstream,
         "read_timeout = \"5s\"\nrequest_timeout = \"300ms\"",
     )
@@ -214,7 +206,7 @@ async fn body_stalling_past_the_deadline_is_cut_and_the_connection_closed() {
         .handler(|_| Reply::StallBody)
         .start()
         .await;
-    let sidepool = sidepool_for(
+    let sidepool = Sidepool::for_upstream(
         &upstream,
         "read_timeout = \"5s\"\nrequest_timeout = \"300ms\"",
     )
@@ -248,7 +240,7 @@ async fn queue_timeout_is_503_pool_timeout() {
         })
         .start()
         .await;
-    let sidepool = sidepool_for(
+    let sidepool = Sidepool::for_upstream(
         &upstream,
         "max_connections_per_host = 1\nqueue_timeout = \"200ms\"\nread_timeout = \"10s\"",
     )
@@ -318,7 +310,7 @@ async fn slow_client_is_disconnected_after_header_read_timeout() {
 #[tokio::test]
 async fn ambiguous_framing_is_never_forwarded_ambiguously() {
     let upstream = TestUpstream::builder().start().await;
-    let sidepool = sidepool_for(&upstream, "").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     // Two different lengths: refused while parsing, nothing leaves.
     let text = raw(
         sidepool.proxy,

@@ -14,14 +14,6 @@ use crate::support::harness::{
 };
 use crate::support::upstream::{AfterRaw, Received, Reply, TestUpstream};
 
-async fn sidepool_for(upstream: &TestUpstream, pool: &str) -> Sidepool {
-    Sidepool::start(&config_toml(
-        pool,
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await
-}
-
 /// `/NAME` paths get `reply`, everything else the default answer.
 fn on_path(
     path: &'static str,
@@ -64,7 +56,7 @@ async fn reset_mid_body_cuts_the_client_response_and_the_connection_is_not_reuse
             ))
             .start()
             .await;
-        let sidepool = sidepool_for(&upstream, "").await;
+        let sidepool = Sidepool::for_upstream(&upstream, "").await;
         let mut client = Client::connect(sidepool.proxy).await;
         let response = client.send_streaming(get("/ex/cut")).await;
         assert_eq!(response.status(), StatusCode::OK, "{framing}");
@@ -118,7 +110,7 @@ async fn close_right_after_the_head_is_a_truncated_response() {
             .handler(on_path("/headonly", Reply::raw(raw, AfterRaw::Close)))
             .start()
             .await;
-        let sidepool = sidepool_for(&upstream, "").await;
+        let sidepool = Sidepool::for_upstream(&upstream, "").await;
         match try_send_streaming(sidepool.proxy, get("/ex/headonly")).await {
             // What happens today: the body fails before hyper has flushed the head, and the
             // head is dropped with the connection.
@@ -172,7 +164,7 @@ async fn reset_before_the_head_on_a_new_connection_is_502_and_never_resent() {
             .handler(on_path("/boom", Reply::Reset))
             .start()
             .await;
-        let sidepool = sidepool_for(&upstream, "").await;
+        let sidepool = Sidepool::for_upstream(&upstream, "").await;
         let (status, headers, answer) =
             send_fresh(sidepool.proxy, request(method, "/ex/boom", body)).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{method}");
@@ -204,7 +196,7 @@ async fn reset_before_the_head_on_a_new_connection_is_502_and_never_resent() {
 #[tokio::test]
 async fn tls_handshake_that_never_finishes_is_504_connect_timeout() {
     let upstream = TestUpstream::builder().hold_handshakes().start().await;
-    let sidepool = sidepool_for(&upstream, "connect_timeout = \"1s\"").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "connect_timeout = \"1s\"").await;
     let proxy = sidepool.proxy;
     let started = Instant::now();
     let attempt = tokio::spawn(async move {
@@ -310,7 +302,7 @@ async fn garbage_instead_of_http_is_502_and_never_resent() {
             })
             .start()
             .await;
-        let sidepool = sidepool_for(&upstream, "").await;
+        let sidepool = Sidepool::for_upstream(&upstream, "").await;
         let mut client = Client::connect(sidepool.proxy).await;
         // Each garbage request goes out on a warmed, reused connection.
         for broken in [request("POST", "/ex/order", "order-1"), get("/ex/garbage")] {
@@ -362,7 +354,7 @@ async fn connection_close_on_every_response_means_one_connection_per_request() {
         .handler(|r| Reply::json(200, format!("{{\"conn\":{}}}", r.conn_id)).close())
         .start()
         .await;
-    let sidepool = sidepool_for(&upstream, "").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let mut client = Client::connect(sidepool.proxy).await;
     for i in 1..=N {
         let (status, headers, body) = client.send(get(&format!("/ex/tick?i={i}"))).await;
@@ -478,7 +470,7 @@ fn orders_received(upstream: &TestUpstream) -> HashMap<String, usize> {
 #[tokio::test]
 async fn restart_empties_the_idle_pool_without_any_request() {
     let upstream = TestUpstream::builder().handler(warmable).start().await;
-    let sidepool = sidepool_for(&upstream, "max_connections_per_host = 4").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "max_connections_per_host = 4").await;
     warm(&sidepool, &upstream, 4).await;
 
     upstream.restart().await;
@@ -517,7 +509,7 @@ async fn restart_with_requests_in_flight_resends_the_gets_and_no_order() {
         })
         .start()
         .await;
-    let sidepool = sidepool_for(&upstream, "max_connections_per_host = 4").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "max_connections_per_host = 4").await;
     warm(&sidepool, &upstream, 4).await;
 
     let proxy = sidepool.proxy;
@@ -582,7 +574,7 @@ async fn restart_with_requests_in_flight_resends_the_gets_and_no_order() {
 #[tokio::test]
 async fn burst_right_after_a_restart_loses_no_get_and_sends_no_order_twice() {
     let upstream = TestUpstream::builder().handler(warmable).start().await;
-    let sidepool = sidepool_for(&upstream, "max_connections_per_host = 4").await;
+    let sidepool = Sidepool::for_upstream(&upstream, "max_connections_per_host = 4").await;
     warm(&sidepool, &upstream, 4).await;
 
     upstream.restart().await;

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::support::harness::{Client, Sidepool, config_toml, get, https, send_fresh};
+use crate::support::harness::{Client, Sidepool, get, send_fresh};
 use crate::support::upstream::{Reply, TestUpstream};
 
 fn hold_then_ok() -> impl Fn(&crate::support::upstream::Received) -> Reply + Send + Sync + 'static {
@@ -21,10 +21,10 @@ async fn gauges_are_exact_during_and_after_load_and_idle_expires() {
         .handler(hold_then_ok())
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
+    let sidepool = Sidepool::for_upstream(
+        &upstream,
         "max_connections_per_host = 4\nidle_timeout = \"1s\"",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
+    )
     .await;
     assert_eq!(sidepool.gauges("ex").await, (0.0, 0.0, 0.0, 0.0));
     assert_eq!(
@@ -66,10 +66,10 @@ async fn client_that_leaves_the_queue_leaves_the_waiting_gauge() {
         .handler(hold_then_ok())
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
+    let sidepool = Sidepool::for_upstream(
+        &upstream,
         "max_connections_per_host = 1\nqueue_timeout = \"5s\"",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
+    )
     .await;
     let proxy = sidepool.proxy;
     let holder = tokio::spawn(async move { send_fresh(proxy, get("/ex/hold")).await.0 });
@@ -101,11 +101,7 @@ async fn client_that_leaves_mid_response_releases_the_connection_closed() {
         })
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let mut client = Client::connect(sidepool.proxy).await;
     let response = client.send_streaming(get("/ex/stream")).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -130,11 +126,7 @@ async fn client_that_leaves_while_in_flight_releases_the_connection() {
         .handler(|_| Reply::Stall)
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
-        "read_timeout = \"30s\"",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "read_timeout = \"30s\"").await;
     let proxy = sidepool.proxy;
     let bot = tokio::spawn(async move { send_fresh(proxy, get("/ex/stall")).await.0 });
     upstream.wait_in_flight(1).await;

@@ -27,10 +27,10 @@ async fn stalling_upstream() -> TestUpstream {
 #[tokio::test]
 async fn full_queue_refuses_at_once_and_the_queued_are_served() {
     let upstream = stalling_upstream().await;
-    let sidepool = Sidepool::start(&config_toml(
+    let sidepool = Sidepool::for_upstream(
+        &upstream,
         "max_connections_per_host = 1\nmax_waiting = 2\nqueue_timeout = \"10s\"",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
+    )
     .await;
     let proxy = sidepool.proxy;
     let holder = tokio::spawn(async move { send_fresh(proxy, get("/ex/hold")).await.0 });
@@ -80,11 +80,8 @@ async fn full_queue_refuses_at_once_and_the_queued_are_served() {
 #[tokio::test]
 async fn zero_max_waiting_refuses_instead_of_queueing() {
     let upstream = stalling_upstream().await;
-    let sidepool = Sidepool::start(&config_toml(
-        "max_connections_per_host = 1\nmax_waiting = 0",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool =
+        Sidepool::for_upstream(&upstream, "max_connections_per_host = 1\nmax_waiting = 0").await;
     let proxy = sidepool.proxy;
     let holder = tokio::spawn(async move { send_fresh(proxy, get("/ex/hold")).await.0 });
     upstream.wait_in_flight(1).await;

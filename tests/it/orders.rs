@@ -99,10 +99,10 @@ async fn orders_are_received_exactly_once_through_upstream_faults() {
         .idle_close_after(Duration::from_millis(30))
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
+    let sidepool = Sidepool::for_upstream(
+        &upstream,
         "max_connections_per_host = 4\nread_timeout = \"300ms\"",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
+    )
     .await;
     let proxy = sidepool.proxy;
     let clients: Vec<_> = (0..CLIENTS)

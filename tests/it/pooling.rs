@@ -8,11 +8,7 @@ use crate::support::upstream::{Reply, TestUpstream};
 #[tokio::test]
 async fn hundred_naive_clients_share_one_upstream_connection() {
     let upstream = TestUpstream::builder().start().await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     for i in 0..100 {
         let (status, _, _) = send_fresh(sidepool.proxy, get(&format!("/ex/tick?i={i}"))).await;
         assert_eq!(status, StatusCode::OK);
@@ -41,11 +37,7 @@ async fn per_host_cap_holds_under_fifty_concurrent_requests() {
         .handler(|_| Reply::json(200, "{}").delay(Duration::from_millis(20)))
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
-        "max_connections_per_host = 4",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "max_connections_per_host = 4").await;
     let mut tasks = Vec::new();
     for i in 0..50 {
         let proxy = sidepool.proxy;
@@ -125,11 +117,7 @@ async fn new_connections_resume_the_tls_session() {
         .handler(|_| Reply::json(200, "{}").close())
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     for i in 0..3 {
         let (status, _, _) = send_fresh(sidepool.proxy, get(&format!("/ex/r?i={i}"))).await;
         assert_eq!(status, StatusCode::OK);

@@ -59,11 +59,7 @@ async fn ten_times_the_cap_waits_at_most_queue_timeout() {
         .handler(|_| Reply::Stall)
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
-        "max_connections_per_host = 2\nqueue_timeout = \"3s\"\nread_timeout = \"30s\"\nrequest_timeout = \"30s\"",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "max_connections_per_host = 2\nqueue_timeout = \"3s\"\nread_timeout = \"30s\"\nrequest_timeout = \"30s\"").await;
     let tasks: Vec<_> = (0..20)
         .map(|i| spawn_get(&sidepool, format!("/ex/q/{i}")))
         .collect();
@@ -116,10 +112,10 @@ async fn queued_requests_are_served_in_arrival_order() {
         .handler(hold_on_request)
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
+    let sidepool = Sidepool::for_upstream(
+        &upstream,
         "max_connections_per_host = 1\nqueue_timeout = \"8s\"",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
+    )
     .await;
     let mut tasks = vec![spawn_get(&sidepool, "/ex/hold/0".to_owned())];
     upstream.wait_in_flight(1).await;

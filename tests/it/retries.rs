@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::support::harness::{Client, Sidepool, config_toml, error_kind, get, https, request};
+use crate::support::harness::{Client, Sidepool, error_kind, get, request};
 use crate::support::upstream::{Received, Reply, TestUpstream};
 
 /// An upstream that serves the first request on each connection and breaks the connection on
@@ -26,11 +26,7 @@ async fn get_survives_a_connection_that_dies_on_reuse() {
         .handler(second_request_breaks(Reply::Close))
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let mut client = Client::connect(sidepool.proxy).await;
     assert_eq!(client.send(get("/ex/a")).await.0, StatusCode::OK);
     let (status, _, body) = client.send(get("/ex/b")).await;
@@ -64,11 +60,7 @@ async fn post_is_never_sent_twice_when_its_connection_dies() {
             .handler(second_request_breaks(broken))
             .start()
             .await;
-        let sidepool = Sidepool::start(&config_toml(
-            "",
-            &[https("ex", "exchange.test", upstream.port())],
-        ))
-        .await;
+        let sidepool = Sidepool::for_upstream(&upstream, "").await;
         let mut client = Client::connect(sidepool.proxy).await;
         assert_eq!(
             client.send(request("POST", "/ex/order", "order-1")).await.0,
@@ -99,11 +91,7 @@ async fn idle_connections_closed_by_the_upstream_are_not_used_for_orders() {
         .idle_close_after(Duration::from_millis(100))
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let mut client = Client::connect(sidepool.proxy).await;
     assert_eq!(client.send(get("/ex/warm")).await.0, StatusCode::OK);
     sidepool.wait_gauges("ex", (0.0, 1.0, 0.0, 0.0)).await;

@@ -47,11 +47,7 @@ async fn readyz_turns_503_while_draining_and_healthz_stays_200() {
         .handler(|_| Reply::json(200, "{}").delay(Duration::from_millis(600)))
         .start()
         .await;
-    let sidepool = Sidepool::start(&config_toml(
-        "",
-        &[https("ex", "exchange.test", upstream.port())],
-    ))
-    .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
     let (admin, proxy) = (sidepool.admin, sidepool.proxy);
     assert_eq!(send_fresh(admin, get("/readyz")).await.0, StatusCode::OK);
     assert_eq!(send_fresh(admin, get("/healthz")).await.0, StatusCode::OK);

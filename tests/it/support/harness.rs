@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::certs;
+use super::upstream::TestUpstream;
 
 /// Upper bound for every wait in these tests.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -105,6 +106,16 @@ impl Sidepool {
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Starts sidepool with one upstream `ex` (`https://exchange.test:PORT`) pointing at
+    /// `upstream`; `pool` lines go into `[pool]` as in [`config_toml`].
+    pub async fn for_upstream(upstream: &TestUpstream, pool: &str) -> Sidepool {
+        Sidepool::start(&config_toml(
+            pool,
+            &[https("ex", "exchange.test", upstream.port())],
+        ))
+        .await
     }
 
     /// The whole `/metrics` text.
