@@ -43,6 +43,16 @@ ORDER_JSON = (
 )
 
 PROXIES = ["sidepool", "haproxy", "nginx"]
+# Latency-mode variants, measured in the added-latency scenario only: each runs on its base
+# proxy's port, started just for its own runs (HAProxy's busy-polling spins even when idle).
+# sidepool's window is longer than the 1 ms between requests at 1,000 req/s, so it never sleeps
+# while traffic flows, like HAProxy's busy-polling; 300 us shows a window that only covers the
+# exchange's answer.
+VARIANTS = {
+    "sidepool_bp300us": ("sidepool", {"busy_poll": "300us"}),
+    "sidepool_bp2ms": ("sidepool", {"busy_poll": "2ms"}),
+    "haproxy_bp": ("haproxy", {"busy_polling": True}),
+}
 
 
 def log(msg):
@@ -287,7 +297,7 @@ http {{
     # ---- proxies -----------------------------------------------------------------------------
 
     def sidepool_config(self, name, port, admin, upstream_port, per_host=30, max_conn=100,
-                        upstreams=None, queue_timeout="5s"):
+                        upstreams=None, queue_timeout="5s", busy_poll=None):
         lines = [
             "[listen]",
             f'proxy = "127.0.0.1:{port}"',
@@ -306,6 +316,8 @@ http {{
             if host != "exchange.test":
                 lines.append(f'"{host}" = "127.0.0.1"')
         lines += ["[tls]", f'ca_files = ["{self.ca}"]', "[log]", 'level = "warn"']
+        if busy_poll:
+            lines += ["[runtime]", f'busy_poll = "{busy_poll}"']
         for uname, host in names:
             lines += [f"[upstreams.{uname}]", f'url = "https://{host}:{upstream_port}"']
         path = os.path.join(self.work, f"{name}.toml")
@@ -321,10 +333,11 @@ http {{
         self.wait_port(port, name)
         return self.procs[name]
 
-    def start_haproxy(self, upstream_port):
+    def start_haproxy(self, upstream_port, busy_polling=False):
         w = self.work
         conf = f"""global
   nbthread 1
+{"  busy-polling" if busy_polling else ""}
   maxconn 5000
   stats socket {w}/haproxy.sock mode 600 level admin
 defaults
@@ -412,8 +425,16 @@ http {{
         for name in PROXIES:
             self.stop(name)
 
+    def start_variant(self, name):
+        """Replaces the variant's base proxy with the variant (same name and port)."""
+        base, kw = VARIANTS[name]
+        self.stop(base)
+        getattr(self, f"start_{base}")(self.port["exchange"], **kw)
+
     def target(self, name):
         """(port, path prefix, tls) for a target."""
+        if name in VARIANTS:
+            return self.target(VARIANTS[name][0])
         if name == "direct":
             return self.port["exchange"], "", True
         if name == "relay":
@@ -635,7 +656,7 @@ http {{
     def scenario_keepalive(self):
         conns = [1, 16, 64, 256]
         seconds = self.args.seconds
-        rounds = 1 if self.quick else 3
+        rounds = 1 if self.quick else 5
         targets = ["direct"] + PROXIES
         self.start_proxies(self.port["exchange"])
         log("keep-alive load: warm-up")
@@ -675,29 +696,46 @@ http {{
         rate = self.args.rate
         seconds = 2 if self.quick else 4
         rounds = 1 if self.quick else 5
-        targets = ["direct", "relay"] + PROXIES
+        targets = ["direct", "relay"] + PROXIES + list(VARIANTS)
         self.start_proxies(self.port["exchange"])
         samples = {t: [] for t in targets}
-        info = {t: {"late_sends": 0, "statuses": {}} for t in targets}
+        info = {t: {"late_sends": 0, "statuses": {}, "cpu_seconds": 0.0, "wall_seconds": 0.0}
+                for t in targets}
         log(f"added latency: {rate} req/s, one kept-alive connection, {rounds}x{seconds}s each")
         for rnd in range(rounds):
             order = targets[:]
             random.Random(99 + rnd).shuffle(order)
             for t in order:
+                base = VARIANTS[t][0] if t in VARIANTS else t
+                if t in VARIANTS:
+                    self.start_variant(t)
+                proc = base if base in PROXIES else ("haproxy" if t == "relay" else None)
                 spath = os.path.join(self.work, "rate-samples.txt")
+                cpu0, t0 = (self.cpu_seconds(proc) if proc else 0.0), time.monotonic()
                 r = self.client("rate", t, rate=rate, seconds=seconds, warmup=300,
                                 samples=spath)
+                if proc:
+                    info[t]["cpu_seconds"] += self.cpu_seconds(proc) - cpu0
+                    info[t]["wall_seconds"] += time.monotonic() - t0
                 with open(spath) as f:
                     samples[t] += [float(x) for x in f.read().split()]
                 info[t]["late_sends"] += r["late_sends"]
                 for k, v in r["statuses"].items():
                     info[t]["statuses"][k] = info[t]["statuses"].get(k, 0) + v
+                if t in VARIANTS:
+                    self.stop(base)
+                    self.start_proxies(self.port["exchange"], which=[base])
         self.stop_proxies()
-        res = {"rate": rate, "seconds_per_round": seconds, "rounds": rounds, "targets": {}}
+        res = {"rate": rate, "seconds_per_round": seconds, "rounds": rounds, "targets": {},
+               "variants": {t: {"base": b, "settings": kw} for t, (b, kw) in VARIANTS.items()}}
         base = pct(samples["direct"])
         for t in targets:
             p = pct(samples[t])
             entry = {"latency_us": p, **info[t]}
+            # The proxy's CPU over its runs (warm-up and process start included), as a share
+            # of one core: what a latency mode costs. The relay shares HAProxy's process.
+            if info[t]["wall_seconds"]:
+                entry["cpu_share"] = info[t]["cpu_seconds"] / info[t]["wall_seconds"]
             if t != "direct":
                 entry["added_p50_us"] = p["p50"] - base["p50"]
                 entry["added_p99_us"] = p["p99"] - base["p99"]

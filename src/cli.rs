@@ -135,22 +135,6 @@ fn error_lines(text: &str) -> String {
 /// The multi-thread runtime, or with a single worker (`TOKIO_WORKER_THREADS=1`, or one CPU
 /// available) the current-thread one: the same work without cross-thread scheduling, which
 /// costs CPU on every request and buys nothing on one core.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .or_else(|| std::thread::available_parallelism().ok().map(usize::from));
-    if workers == Some(1) {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    }
-}
-
 fn run(path: &std::path::Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
@@ -160,7 +144,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     let _log_writer = init_logging(&config.log);
-    let runtime = match runtime() {
+    let runtime = match crate::runtime::build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

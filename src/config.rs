@@ -31,7 +31,15 @@ const ENV_PREFIX: &str = "SIDEPOOL_";
 /// Source label for problems in text given to [`Config::from_toml_str`].
 const STRING_SOURCE: &str = "toml";
 /// Top-level tables of the schema.
-const SECTIONS: &[&str] = &["listen", "pool", "dns", "tls", "log", "upstreams"];
+const SECTIONS: &[&str] = &[
+    "listen",
+    "pool",
+    "dns",
+    "tls",
+    "log",
+    "runtime",
+    "upstreams",
+];
 /// `[pool]` keys that an upstream may override (everything but the global `max_connections`).
 const OVERRIDABLE: &[&str] = &[
     "max_connections_per_host",
@@ -58,6 +66,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[runtime]`.
+    pub runtime: RuntimeConfig,
 }
 
 /// `[listen]`: where the proxy and admin listeners bind, and their timeouts.
@@ -141,6 +151,18 @@ pub struct LogConfig {
     /// Text or JSON lines.
     pub format: LogFormat,
 }
+
+/// `[runtime]`: how the async runtime waits for network events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// After each request event, keep polling for network events this long instead of
+    /// sleeping (lower latency, one busy core per worker while polling); `None`: off.
+    pub busy_poll: Option<Duration>,
+}
+
+/// Longest `runtime.busy_poll` accepted: beyond it the window never closes under steady
+/// traffic, and a longer one only burns CPU.
+pub const MAX_BUSY_POLL: Duration = Duration::from_secs(1);
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +261,13 @@ struct RawTls {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawRuntime {
+    #[serde(with = "humantime_serde")]
+    busy_poll: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawLog {
     level: String,
     format: String,
@@ -252,6 +281,7 @@ struct RawDefaults {
     dns: RawDns,
     tls: RawTls,
     log: RawLog,
+    runtime: RawRuntime,
 }
 
 impl Default for RawDefaults {
@@ -285,6 +315,9 @@ impl Default for RawDefaults {
             log: RawLog {
                 level: "info".into(),
                 format: "text".into(),
+            },
+            runtime: RawRuntime {
+                busy_poll: Duration::ZERO,
             },
         }
     }
@@ -459,21 +492,29 @@ impl Loader {
         let dns = self.section::<RawDns>("dns").and_then(|d| self.dns(d));
         let tls = self.section::<RawTls>("tls").and_then(|t| self.tls(t));
         let log = self.section::<RawLog>("log").and_then(|l| self.log(l));
+        let runtime = self
+            .section::<RawRuntime>("runtime")
+            .and_then(|r| self.runtime(r));
         let upstreams = self.upstreams(pool.as_ref());
 
-        match (listen, pool, dns, tls, log, upstreams) {
-            (Some(listen), Some(pool), Some(dns), Some(tls), Some(log), Some(upstreams))
-                if self.problems.is_empty() =>
-            {
-                Ok(Config {
-                    listen,
-                    max_connections: pool.max_connections,
-                    upstreams,
-                    dns,
-                    tls,
-                    log,
-                })
-            }
+        match (listen, pool, dns, tls, log, runtime, upstreams) {
+            (
+                Some(listen),
+                Some(pool),
+                Some(dns),
+                Some(tls),
+                Some(log),
+                Some(runtime),
+                Some(upstreams),
+            ) if self.problems.is_empty() => Ok(Config {
+                listen,
+                max_connections: pool.max_connections,
+                upstreams,
+                dns,
+                tls,
+                log,
+                runtime,
+            }),
             _ => Err(ConfigErrors(self.problems)),
         }
     }
@@ -750,6 +791,23 @@ impl Loader {
         level_ok.then_some(LogConfig {
             level: raw.level,
             format,
+        })
+    }
+
+    fn runtime(&mut self, raw: RawRuntime) -> Option<RuntimeConfig> {
+        if raw.busy_poll > MAX_BUSY_POLL {
+            self.problem(
+                key(&["runtime", "busy_poll"]),
+                format!(
+                    "{:?} is longer than the {:?} maximum; a window of about the upstream's response \
+                     time (e.g. \"200us\" on a local network) gets the benefit, \"0s\" turns it off",
+                    raw.busy_poll, MAX_BUSY_POLL
+                ),
+            );
+            return None;
+        }
+        Some(RuntimeConfig {
+            busy_poll: (!raw.busy_poll.is_zero()).then_some(raw.busy_poll),
         })
     }
 
@@ -1064,6 +1122,7 @@ struct View<'a> {
     dns: DnsView,
     tls: TlsView,
     log: LogView<'a>,
+    runtime: RuntimeView,
     upstreams: BTreeMap<&'a str, UpstreamView>,
 }
 
@@ -1102,6 +1161,12 @@ struct TlsView {
 struct LogView<'a> {
     level: &'a str,
     format: &'static str,
+}
+
+#[derive(Serialize)]
+struct RuntimeView {
+    #[serde(with = "humantime_serde")]
+    busy_poll: Duration,
 }
 
 #[derive(Serialize)]
@@ -1182,6 +1247,9 @@ impl Config {
                     LogFormat::Json => "json",
                 },
             },
+            runtime: RuntimeView {
+                busy_poll: self.runtime.busy_poll.unwrap_or(Duration::ZERO),
+            },
             upstreams,
         };
         toml::to_string(&view).unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
@@ -1253,6 +1321,7 @@ mod tests {
             assert_eq!(u.limits, expected);
             assert!(c.dns.nameservers.is_empty());
             assert_eq!(c.listen.max_client_connections, 1024);
+            assert_eq!(c.runtime.busy_poll, None, "busy polling is off by default");
             assert_eq!(c.min_idle_timeout(), Duration::from_secs(30));
             Ok(())
         });
@@ -1640,6 +1709,30 @@ mod tests {
         let unset = Config::from_toml_str(MINIMAL).unwrap();
         assert_eq!(upstream(&unset, "bybit").limits.max_waiting, None);
         assert!(!unset.to_toml().contains("max_waiting"));
+    }
+
+    #[test]
+    fn busy_poll_is_a_window_up_to_one_second_and_zero_turns_it_off() {
+        let on = Config::from_toml_str(&format!("[runtime]\nbusy_poll = \"250us\"\n{MINIMAL}"))
+            .expect("valid");
+        assert_eq!(on.runtime.busy_poll, Some(Duration::from_micros(250)));
+        assert!(on.to_toml().contains("[runtime]\nbusy_poll = \"250us\""));
+        let off = Config::from_toml_str(&format!("[runtime]\nbusy_poll = \"0s\"\n{MINIMAL}"))
+            .expect("valid");
+        assert_eq!(off.runtime.busy_poll, None);
+        let ps = problems(&format!("[runtime]\nbusy_poll = \"2s\"\n{MINIMAL}"));
+        let p = one(&ps, "runtime.busy_poll");
+        assert!(
+            p.message.contains("longer than the 1s maximum"),
+            "{}",
+            p.message
+        );
+        let ps = problems(&format!("[runtime]\nbusy_wait = \"1ms\"\n{MINIMAL}"));
+        assert!(
+            one(&ps, "runtime.busy_wait")
+                .message
+                .contains("unknown field")
+        );
     }
 
     #[test]

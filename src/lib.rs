@@ -13,6 +13,7 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: every metric name, registered once per instance.
 //! - [`error`]: the error kinds and their responses.
+//! - [`runtime`]: which tokio scheduler runs sidepool, and optional busy polling.
 //! - [`cli`]: the command line (`run`, `check`, `health`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -25,6 +26,7 @@ pub mod error;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod runtime;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -113,6 +115,9 @@ impl Server {
             let _ = admin_stopped.wait_for(|stop| *stop).await;
         }));
         let reaper = pool::spawn_reaper(proxy.pools());
+        let spinners = proxy.busy_poll().map_or_else(Vec::new, |busy| {
+            busy.spawn(tokio::runtime::Handle::current().metrics().num_workers())
+        });
         let refreshers = proxy::spawn_dns_refreshers(&proxy);
         let upkeep_metrics = admin.metrics.clone();
         let upkeep = tokio::spawn(async move {
@@ -140,6 +145,7 @@ impl Server {
         let _ = admin_task.await;
         reaper.abort();
         refreshers.iter().for_each(JoinHandle::abort);
+        spinners.iter().for_each(JoinHandle::abort);
         upkeep.abort();
         tracing::info!("sidepool stopped");
     }

@@ -49,6 +49,9 @@ pub const DNS_LOOKUPS: &str = "http_pool_dns_lookups_total";
 pub const CLIENT_CONNECTIONS: &str = "http_pool_client_connections";
 /// Gauge, no upstream label: the configured cap on client connections.
 pub const CLIENT_CONNECTIONS_MAX: &str = "http_pool_client_connections_max";
+/// Gauge, no upstream label: worker threads polling for network events instead of sleeping
+/// (`runtime.busy_poll`; always 0 when it is off).
+pub const BUSY_POLL_THREADS: &str = "http_pool_busy_poll_threads";
 
 /// Histogram buckets in seconds: sub-millisecond pool hits up to minute-long exchanges.
 const BUCKETS: [f64; 16] = [
@@ -148,6 +151,8 @@ pub struct Metrics {
     unrouted: UpstreamMetrics,
     /// Open client connections (changed by increments, so concurrent updates never reorder).
     client_connections: Gauge,
+    /// Spinners in a polling window (`runtime.busy_poll`).
+    busy_poll_threads: Gauge,
 }
 
 impl Metrics {
@@ -158,18 +163,26 @@ impl Metrics {
             .expect("the bucket list is a non-empty constant")
             .build_recorder();
         let handle = recorder.handle();
-        let (unrouted, client_connections) = metrics::with_local_recorder(&recorder, || {
-            describe_all();
-            metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
-            let client_connections = metrics::gauge!(CLIENT_CONNECTIONS);
-            client_connections.set(0.0);
-            (UpstreamMetrics::register_unrouted(), client_connections)
-        });
+        let (unrouted, client_connections, busy_poll_threads) =
+            metrics::with_local_recorder(&recorder, || {
+                describe_all();
+                metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
+                let client_connections = metrics::gauge!(CLIENT_CONNECTIONS);
+                client_connections.set(0.0);
+                let busy_poll_threads = metrics::gauge!(BUSY_POLL_THREADS);
+                busy_poll_threads.set(0.0);
+                (
+                    UpstreamMetrics::register_unrouted(),
+                    client_connections,
+                    busy_poll_threads,
+                )
+            });
         Arc::new(Metrics {
             recorder,
             handle,
             unrouted,
             client_connections,
+            busy_poll_threads,
         })
     }
 
@@ -195,6 +208,11 @@ impl Metrics {
     /// The gauge of open client connections.
     pub fn client_connections(&self) -> &Gauge {
         &self.client_connections
+    }
+
+    /// The gauge of worker threads kept polling by `runtime.busy_poll`.
+    pub fn busy_poll_threads(&self) -> &Gauge {
+        &self.busy_poll_threads
     }
 
     /// Prometheus text format 0.0.4.
@@ -397,6 +415,10 @@ fn describe_all() {
     describe_gauge!(
         CLIENT_CONNECTIONS_MAX,
         "Configured cap on client connections (listen.max_client_connections)."
+    );
+    describe_gauge!(
+        BUSY_POLL_THREADS,
+        "Worker threads polling for network events instead of sleeping (runtime.busy_poll)."
     );
     describe_counter!(
         DNS_LOOKUPS,

@@ -37,6 +37,7 @@ use crate::connect::{self, Addresses, Connector};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolLimits, PoolSet, Poolable};
+use crate::runtime::BusyPoll;
 use body::UpstreamBody;
 use log::Completion;
 use route::Routes;
@@ -90,6 +91,7 @@ pub struct Proxy {
     upstreams: Vec<Upstream>,
     pools: Arc<PoolSet<UpstreamConn>>,
     metrics: Arc<Metrics>,
+    busy_poll: Option<Arc<BusyPoll>>,
 }
 
 impl Proxy {
@@ -132,6 +134,10 @@ impl Proxy {
             routes: Routes::new(&config.upstreams),
             upstreams,
             pools,
+            busy_poll: config
+                .runtime
+                .busy_poll
+                .map(|window| BusyPoll::new(window, metrics.busy_poll_threads().clone())),
             metrics,
         })
     }
@@ -141,9 +147,17 @@ impl Proxy {
         &self.pools
     }
 
+    /// The busy poller, when `runtime.busy_poll` is set (its spinners are started by the server).
+    pub fn busy_poll(&self) -> Option<&Arc<BusyPoll>> {
+        self.busy_poll.as_ref()
+    }
+
     /// Answers one client request: forwarded, or refused with sidepool's own error.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
+        if let Some(busy) = &self.busy_poll {
+            busy.touch();
+        }
         if tracing::enabled!(tracing::Level::TRACE) {
             tracing::trace!(method = %req.method(), path = %redact_path(req.uri().path_and_query().map_or("", |p| p.as_str())), headers = %headers::redacted_headers(req.headers()), "request received");
         }
@@ -171,7 +185,12 @@ impl Proxy {
         } else {
             RequestBody::Client(body)
         };
-        match forward::send(upstream, Request::from_parts(parts, body)).await {
+        let sent = forward::send(upstream, Request::from_parts(parts, body)).await;
+        // The answer is about to be written and the bot's next request is likely close behind.
+        if let Some(busy) = &self.busy_poll {
+            busy.touch();
+        }
+        match sent {
             Ok(sent) => {
                 let (mut head, incoming) = sent.response.into_parts();
                 let reusable = !headers::says_close(&head.headers, head.version);

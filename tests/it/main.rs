@@ -7,6 +7,8 @@ mod support;
 mod addressing;
 /// Byte-exact bodies both ways: fixed, chunked, 5 MB streamed, Expect: 100-continue.
 mod bodies;
+/// runtime.busy_poll: workers poll for the window after a request, then sleep.
+mod busy_poll;
 /// Config errors and env overrides through the built binary (`sidepool check`).
 mod cli;
 /// DNS through a resolver on loopback: failures, caching, address changes.
