@@ -503,7 +503,9 @@ http {{
         admin = {"sidepool": "sidepool_admin", "multi": "multi_admin"}.get(target)
         m0 = self.sidepool_metrics(self.port[admin]) if admin else None
         ex0 = self.exchange_counts()
+        st0 = cpu_ticks()
         out = self.run_json(argv, cpu=cpu, timeout=seconds + 60, env=env)
+        st1 = cpu_ticks()
         ex = self.exchange_delta(ex0)
         m = re.search(r"^WRKJSON (\{.*\})$", out, re.M)
         if not m:
@@ -516,6 +518,9 @@ http {{
         r["non2xx_fraction"] = non2xx / r["requests"] if r["requests"] else 0.0
         # What the exchange saw during the run: new TCP connections and TLS handshakes.
         r["exchange"] = ex
+        # Share of each CPU's time taken by the hypervisor for other guests (steal) during the
+        # run: a run with much steal ran on a slower machine than its neighbours.
+        r["steal_fraction"] = {c: steal_fraction(st0[c], st1[c]) for c in st0}
         if m0 is not None:
             m1 = self.sidepool_metrics(self.port[admin])
             r["sidepool_connections"] = {
@@ -913,6 +918,23 @@ http {{
         with open(path + ".tmp", "w") as f:
             json.dump(self.results, f, indent=1, sort_keys=False)
         os.replace(path + ".tmp", path)
+
+
+def cpu_ticks():
+    """Per-CPU (total, steal) jiffies from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *vals = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                nums = [int(v) for v in vals]
+                out[name] = (sum(nums[:8]), nums[7] if len(nums) > 7 else 0)
+    return out
+
+
+def steal_fraction(before, after):
+    total = after[0] - before[0]
+    return (after[1] - before[1]) / total if total > 0 else 0.0
 
 
 def pct(samples):

@@ -317,6 +317,11 @@ def markdown(r, targets, rel):
     add(f"- Versions: {v['sidepool']}; {v['haproxy']}; {v['nginx']}; {v['wrk']}; "
         f"{v['openssl']}; Python {v['python']}.")
     add(f"- Placement: {r['placement']}.")
+    steals = [v for x in (r.get("keepalive") or {}).get("runs", [])
+              for v in (x.get("steal_fraction") or {}).values()]
+    if steals:
+        add(f"- CPU time taken by the hypervisor (steal) during the keep-alive runs shown: "
+            f"up to {max(steals):.1%} of a CPU, {sum(steals) / len(steals):.1%} on average.")
     add(f"- Caps: {r['caps']['per_host']} upstream connections per host for every proxy, queue "
         f"timeout {r['caps']['queue_timeout_s']} s (sidepool, HAProxy; nginx has no queue), idle "
         f"keep-alive {r['caps']['idle_timeout_s']} s.")
