@@ -170,7 +170,10 @@ async fn acquire(
         match acquired {
             Acquired::Connect(slot) => {
                 metrics.queue_waited(waited);
-                return Ok((open(upstream, slot).await?, waited));
+                // Boxed: opening a connection (DNS, TCP, TLS, HTTP/1 setup) is a large future on
+                // a rare path. Inline, it made every request's future, which hyper moves into
+                // place for each request, 3.5 KB instead of 2.5 KB.
+                return Ok((Box::pin(open(upstream, slot)).await?, waited));
             }
             Acquired::Reused(mut pooled) => {
                 // hyper finishes reading the previous response in the connection task; wait for
