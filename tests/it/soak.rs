@@ -226,7 +226,16 @@ async fn soak() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let end_fds = open_fds(pid);
+    // The scrape just above may still be closing on sidepool's side: a leak never drains,
+    // a connection being closed does, so wait (bounded) for the count to come back.
+    let deadline = Instant::now() + PATIENCE;
+    let end_fds = loop {
+        let fds = open_fds(pid);
+        if fds <= baseline_fds || Instant::now() >= deadline {
+            break fds;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let (orders_received, orders_ok) = ledger.check_exactly_once(&received);
 
     let warm = median_rss(&samples, run_for / 10, run_for * 3 / 10);
