@@ -41,12 +41,18 @@ def f2(x):
     return "–" if x is None else f"{x:,.2f}"
 
 
+def round_ratios(by, c, peer):
+    """sidepool's 2xx/s over the peer's in each round."""
+    s, p = by[("sidepool", c)], by[(peer, c)]
+    return [a / b for a, b in zip(s.get("all_ok_rps", []), p.get("all_ok_rps", [])) if b]
+
+
 def paired_ratio(by, c, peer):
     """sidepool's 2xx/s over the peer's, round by round (the two ran minutes apart at most,
     under the same background load), then the median over rounds: steadier on a shared
     machine than the ratio of two separately chosen medians."""
     s, p = by[("sidepool", c)], by[(peer, c)]
-    pairs = [a / b for a, b in zip(s.get("all_ok_rps", []), p.get("all_ok_rps", [])) if b]
+    pairs = round_ratios(by, c, peer)
     if not pairs:
         return s["ok_rps"] / p["ok_rps"] if p["ok_rps"] else float("inf")
     pairs.sort()
@@ -77,7 +83,9 @@ def evaluate(r):
         for c in conns:
             for peer in ("haproxy", "nginx"):
                 ratio = paired_ratio(by, c, peer)
-                detail.append(f"c{c} vs {LABEL[peer]} {ratio:.2f}x")
+                rounds = round_ratios(by, c, peer)
+                won = f" ({sum(x >= 1 for x in rounds)}/{len(rounds)} rounds ahead)" if rounds else ""
+                detail.append(f"c{c} vs {LABEL[peer]} {ratio:.2f}x{won}")
                 worst = ratio if worst is None else min(worst, ratio)
         out.append({
             "name": "keep-alive requests/s (2xx) at least HAProxy's and nginx's, equal caps",
