@@ -57,6 +57,9 @@ pub struct BusyPoll {
     wake: Notify,
     /// How many spinners are in a polling window right now (read by tests).
     polling: AtomicU64,
+    /// The highest `events` count a polling spinner has seen (read by tests: a touch whose
+    /// count never shows up here was lost).
+    observed: AtomicU64,
     /// The same count, exported as `http_pool_busy_poll_threads`.
     gauge: Gauge,
 }
@@ -71,6 +74,7 @@ impl BusyPoll {
             asleep: AtomicBool::new(false),
             wake: Notify::new(),
             polling: AtomicU64::new(0),
+            observed: AtomicU64::new(0),
             gauge,
         })
     }
@@ -82,8 +86,11 @@ impl BusyPoll {
 
     /// Records a request event: opens (or extends) the polling window.
     pub fn touch(&self) {
-        self.events.fetch_add(1, Ordering::Relaxed);
-        if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::AcqRel) {
+        // SeqCst on both sides of the `events`/`asleep` handshake (see `spin`): with weaker
+        // orderings each side could miss the other's store and a sleeping spinner would miss
+        // this event. On x86 both are the instructions a relaxed version would use anyway.
+        self.events.fetch_add(1, Ordering::SeqCst);
+        if self.asleep.load(Ordering::SeqCst) && self.asleep.swap(false, Ordering::SeqCst) {
             self.wake.notify_waiters();
         }
     }
@@ -105,12 +112,13 @@ impl BusyPoll {
     async fn spin(self: Arc<Self>, mut seen: u64) {
         loop {
             // Sleep until a request event arrives. `asleep` is set before the final check, so a
-            // `touch` racing with it either is seen by the check or finds `asleep` and wakes us.
+            // `touch` racing with it either is seen by the check or finds `asleep` and wakes us
+            // (we are registered with `wake` before either).
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            self.asleep.store(true, Ordering::Release);
-            let now = self.events.load(Ordering::Acquire);
+            self.asleep.store(true, Ordering::SeqCst);
+            let now = self.events.load(Ordering::SeqCst);
             if now == seen {
                 // `touch` cleared `asleep` before waking us.
                 notified.await;
@@ -121,11 +129,13 @@ impl BusyPoll {
             self.gauge.increment(1.0);
             let mut deadline = Instant::now() + self.window;
             seen = self.events.load(Ordering::Acquire);
+            self.observed.fetch_max(seen, Ordering::AcqRel);
             loop {
                 tokio::task::yield_now().await;
                 let now = self.events.load(Ordering::Acquire);
                 if now != seen {
                     seen = now;
+                    self.observed.fetch_max(seen, Ordering::AcqRel);
                     deadline = Instant::now() + self.window;
                 } else if Instant::now() >= deadline {
                     break;
@@ -181,6 +191,36 @@ mod tests {
             1,
             "a sleeping spinner wakes on the next event"
         );
+        for s in spinners {
+            s.abort();
+        }
+    }
+
+    /// Touches racing with a spinner going to sleep, from another thread, many times over: a
+    /// lost wake-up would leave the spinner asleep after a touch and fail the bounded wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_touch_is_lost_while_a_spinner_goes_to_sleep() {
+        let busy = BusyPoll::new(Duration::from_micros(200), Gauge::noop());
+        let spinners = busy.spawn(1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        for round in 0..300 {
+            // Touch right around the moment the window closes, at varying offsets.
+            while busy.polling() != 0 && round % 3 != 0 {
+                assert!(std::time::Instant::now() < deadline, "window never closed");
+                tokio::task::yield_now().await;
+            }
+            busy.touch();
+            let count = busy.events.load(Ordering::SeqCst);
+            let woken = std::time::Instant::now();
+            // A polling spinner saw this touch (its window may already have closed again).
+            while busy.observed.load(Ordering::Acquire) < count {
+                assert!(
+                    woken.elapsed() < Duration::from_secs(5),
+                    "round {round}: a touch was lost"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
         for s in spinners {
             s.abort();
         }
