@@ -41,18 +41,22 @@ def f2(x):
     return "–" if x is None else f"{x:,.2f}"
 
 
-def round_ratios(by, c, peer):
-    """sidepool's 2xx/s over the peer's in each round."""
-    s, p = by[("sidepool", c)], by[(peer, c)]
+# Keep-alive rows for the busy-polling modes, and what each is compared with.
+KEEPALIVE_MODES = ["sidepool_bp2ms", "haproxy_bp"]
+
+
+def round_ratios(by, c, peer, ours="sidepool"):
+    """Our 2xx/s over the peer's in each round."""
+    s, p = by[(ours, c)], by[(peer, c)]
     return [a / b for a, b in zip(s.get("all_ok_rps", []), p.get("all_ok_rps", [])) if b]
 
 
-def paired_ratio(by, c, peer):
+def paired_ratio(by, c, peer, ours="sidepool"):
     """sidepool's 2xx/s over the peer's, round by round (the two ran minutes apart at most,
     under the same background load), then the median over rounds: steadier on a shared
     machine than the ratio of two separately chosen medians."""
-    s, p = by[("sidepool", c)], by[(peer, c)]
-    pairs = round_ratios(by, c, peer)
+    s, p = by[(ours, c)], by[(peer, c)]
+    pairs = round_ratios(by, c, peer, ours)
     if not pairs:
         return s["ok_rps"] / p["ok_rps"] if p["ok_rps"] else float("inf")
     pairs.sort()
@@ -95,6 +99,20 @@ def evaluate(r):
             "met": worst is not None and worst >= 1.0,
             "worst_ratio": worst,
         })
+        if all(("sidepool_bp2ms", c) in by and ("haproxy_bp", c) in by for c in conns):
+            detail = []
+            for c in conns:
+                ratio = paired_ratio(by, c, "haproxy_bp", "sidepool_bp2ms")
+                rounds = round_ratios(by, c, "haproxy_bp", "sidepool_bp2ms")
+                detail.append(f"c{c} {ratio:.2f}x ({sum(x >= 1 for x in rounds)}/{len(rounds)} "
+                              "rounds ahead)")
+            out.append({
+                "name": "keep-alive requests/s in latency mode (report only): sidepool with "
+                        "runtime.busy_poll = \"2ms\" vs HAProxy with busy-polling",
+                "measured": "; ".join(detail),
+                "limit": "report",
+                "met": None,
+            })
 
     al = r.get("added_latency")
     if al:
@@ -383,7 +401,9 @@ def markdown(r, targets, rel):
         add(f"{ka['seconds']} s per run, {ka['rounds']} interleaved round(s); the round with the "
             "median 2xx/s is shown (every round's 2xx/s in the last column). *sidepool ÷ this* "
             "is the median over rounds of sidepool's 2xx/s divided by this target's in the same "
-            "round. "
+            "round; on the HAProxy busy-polling row it is sidepool's busy-polling mode "
+            "(`runtime.busy_poll = \"2ms\"`) divided by HAProxy's (*busy*). The two "
+            "busy-polling modes are started only for their own runs. "
             "2xx/s counts only successful responses (nginx answers 502 at once beyond its cap). "
             "CPU is the proxy's user+system time over the run divided by the requests it "
             "answered, and as a share of one core (\"busy\"; below 100% the proxy's core was "
@@ -395,11 +415,17 @@ def markdown(r, targets, rel):
         add("|---|---|---|---|---|---|---|---|---|---|---|---|")
         by = {(x["target"], x["connections"]): x for x in ka["runs"]}
         for c in sorted({x["connections"] for x in ka["runs"]}):
-            for t in TARGETS:
+            for t in TARGETS + KEEPALIVE_MODES:
                 x = by.get((t, c))
                 if not x:
                     continue
-                ratio = f"{paired_ratio(by, c, t):.2f}" if t != "sidepool" else ""
+                if t == "haproxy_bp" and ("sidepool_bp2ms", c) in by:
+                    # The latency modes against each other.
+                    ratio = f"{paired_ratio(by, c, t, 'sidepool_bp2ms'):.2f} (busy)"
+                elif t in ("sidepool", "sidepool_bp2ms"):
+                    ratio = ""
+                else:
+                    ratio = f"{paired_ratio(by, c, t):.2f}"
                 busy = f"{100 * x['cpu_utilization']:.0f}%" if x.get("cpu_utilization") else "–"
                 rounds = ", ".join(f0(v) for v in x.get("all_ok_rps", []))
                 add(f"| {c} | {LABEL[t]} | {f0(x['ok_rps'])} | {f0(x['lat_p50_us'])} | "
