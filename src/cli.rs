@@ -132,9 +132,6 @@ fn error_lines(text: &str) -> String {
         .collect()
 }
 
-/// The multi-thread runtime, or with a single worker (`TOKIO_WORKER_THREADS=1`, or one CPU
-/// available) the current-thread one: the same work without cross-thread scheduling, which
-/// costs CPU on every request and buys nothing on one core.
 fn run(path: &std::path::Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,

@@ -79,11 +79,6 @@ impl BusyPoll {
         })
     }
 
-    /// The configured window.
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Records a request event: opens (or extends) the polling window.
     pub fn touch(&self) {
         // SeqCst on both sides of the `events`/`asleep` handshake (see `spin`): with weaker
@@ -226,26 +221,24 @@ mod tests {
         }
     }
 
+    /// Waits (bounded, on observable state) until `want` spinners poll.
+    async fn wait_polling(busy: &BusyPoll, want: u64, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while busy.polling() != want {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_spinner_sleeps_when_idle_and_all_wake_on_one_event() {
         let busy = BusyPoll::new(Duration::from_millis(50), Gauge::noop());
         let spinners = busy.spawn(2);
         busy.touch();
-        // Bounded waits on observable state, not sleeps as synchronisation.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while busy.polling() != 2 {
-            assert!(std::time::Instant::now() < deadline, "both spinners poll");
-            tokio::task::yield_now().await;
-        }
-        while busy.polling() != 0 {
-            assert!(std::time::Instant::now() < deadline, "both windows close");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_polling(&busy, 2, "both spinners poll").await;
+        wait_polling(&busy, 0, "both windows close").await;
         busy.touch();
-        while busy.polling() != 2 {
-            assert!(std::time::Instant::now() < deadline, "one event wakes both");
-            tokio::task::yield_now().await;
-        }
+        wait_polling(&busy, 2, "one event wakes both").await;
         for s in spinners {
             s.abort();
         }
