@@ -12,7 +12,8 @@ use crate::error::{ErrorKind, ProxyError};
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Headers that describe one hop, never the exchange (RFC 9110 7.6.1), plus the legacy
 /// `Proxy-Connection` and `Keep-Alive`. `Proxy-Authorization` is for sidepool, never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Transfer-Encoding` is also hop-by-hop here: hyper frames each hop's body itself.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -21,47 +22,86 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::UPGRADE,
+    header::TRANSFER_ENCODING,
 ];
 
-/// Removes hop-by-hop headers, including every header named in `Connection`.
-/// `Transfer-Encoding` is also removed: hyper frames each hop's body itself.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+/// What a message's `Connection` header said, read while it was stripped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionOptions {
+    /// The `close` option.
+    pub close: bool,
+    /// The `keep-alive` option (HTTP/1.0's opt-in to persistence).
+    pub keep_alive: bool,
+}
+
+impl ConnectionOptions {
+    /// True when the connection closes after this message, by its options and the version's
+    /// default (HTTP/1.1 persists unless `close`; HTTP/1.0 closes unless `keep-alive`).
+    pub fn says_close(self, version: http::Version) -> bool {
+        match version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => !self.keep_alive,
+            _ => self.close,
         }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    // Transfer-Encoding overrides Content-Length (RFC 9112 6.3); hyper framed the body by the
-    // former, so the latter must not travel on to describe a body it does not match.
-    if headers.remove(header::TRANSFER_ENCODING).is_some() {
-        headers.remove(header::CONTENT_LENGTH);
     }
 }
 
-/// True when the response (or request) says the connection closes after it.
-pub fn says_close(headers: &HeaderMap, version: http::Version) -> bool {
-    let has_token = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    match version {
-        http::Version::HTTP_10 | http::Version::HTTP_09 => !has_token("keep-alive"),
-        _ => has_token("close"),
+/// Removes hop-by-hop headers, including every header named in `Connection`, and returns the
+/// options `Connection` carried.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> ConnectionOptions {
+    // Runs twice per request. Most messages carry no hop-by-hop header, or only `Connection:
+    // keep-alive`, so one pass of cheap name comparisons decides which (hashed) removals to do.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        // A string match compiles to a length switch and one comparison; most names miss on
+        // the length alone.
+        let i = match name.as_str() {
+            "connection" => 0,
+            "keep-alive" => 1,
+            "proxy-connection" => 2,
+            "proxy-authenticate" => 3,
+            "proxy-authorization" => 4,
+            "te" => 5,
+            "trailer" => 6,
+            "upgrade" => 7,
+            "transfer-encoding" => 8,
+            _ => continue,
+        };
+        present |= 1 << i;
     }
+    if present == 0 {
+        return ConnectionOptions::default();
+    }
+    let mut options = ConnectionOptions::default();
+    let mut named = Vec::new();
+    let tokens = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim);
+    for token in tokens {
+        if token.eq_ignore_ascii_case("close") {
+            options.close = true;
+        } else if token.eq_ignore_ascii_case("keep-alive") {
+            options.keep_alive = true;
+        } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for (i, hop) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(hop);
+        }
+    }
+    // Transfer-Encoding overrides Content-Length (RFC 9112 6.3); hyper framed the body by the
+    // former, so the latter must not travel on to describe a body it does not match.
+    if present & (1 << (HOP_BY_HOP.len() - 1)) != 0 {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    options
 }
 
 /// 431 when the request's headers exceed [`MAX_HEADER_BYTES`]. (More than 100 header fields,
@@ -190,11 +230,56 @@ mod tests {
 
     #[test]
     fn close_detection_follows_version_defaults() {
+        let says_close = |connection: Option<&'static str>, version| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = connection {
+                headers.insert(header::CONNECTION, HeaderValue::from_static(value));
+            }
+            strip_hop_by_hop(&mut headers).says_close(version)
+        };
+        assert!(!says_close(None, http::Version::HTTP_11));
+        assert!(says_close(None, http::Version::HTTP_10));
+        assert!(says_close(Some("Close"), http::Version::HTTP_11));
+        assert!(says_close(Some("x-a, close"), http::Version::HTTP_11));
+        assert!(!says_close(Some("keep-alive"), http::Version::HTTP_11));
+        assert!(!says_close(Some("Keep-Alive"), http::Version::HTTP_10));
+        assert!(says_close(Some("x-a"), http::Version::HTTP_10));
+    }
+
+    #[test]
+    fn each_table_entry_is_recognised_at_its_own_index() {
+        for (i, hop) in HOP_BY_HOP.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert(hop.clone(), HeaderValue::from_static("x"));
+            // Only entry `i` is present, so only it is removed: nothing else may remain.
+            strip_hop_by_hop(&mut headers);
+            assert!(headers.is_empty(), "entry {i} ({hop}) not removed");
+        }
+    }
+
+    #[test]
+    fn messages_without_hop_headers_are_left_alone() {
         let mut headers = HeaderMap::new();
-        assert!(!says_close(&headers, http::Version::HTTP_11));
-        assert!(says_close(&headers, http::Version::HTTP_10));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Close"));
-        assert!(says_close(&headers, http::Version::HTTP_11));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        headers.insert("x-bapi-api-key", HeaderValue::from_static("k"));
+        let before = headers.clone();
+        assert_eq!(strip_hop_by_hop(&mut headers), ConnectionOptions::default());
+        assert_eq!(headers, before);
+    }
+
+    #[test]
+    fn each_hop_header_alone_is_removed() {
+        for hop in &HOP_BY_HOP {
+            let mut headers = HeaderMap::new();
+            headers.insert(hop.clone(), HeaderValue::from_static("x"));
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
+            strip_hop_by_hop(&mut headers);
+            assert_eq!(headers.len(), 1, "{hop}: {headers:?}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "Content-Length alone stays");
     }
 
     #[test]

@@ -193,8 +193,8 @@ impl Proxy {
         match sent {
             Ok(sent) => {
                 let (mut head, incoming) = sent.response.into_parts();
-                let reusable = !headers::says_close(&head.headers, head.version);
-                headers::strip_hop_by_hop(&mut head.headers);
+                let reusable =
+                    !headers::strip_hop_by_hop(&mut head.headers).says_close(head.version);
                 head.version = Version::HTTP_11;
                 let completion = Completion {
                     started,
