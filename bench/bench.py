@@ -9,6 +9,7 @@ generator run on CPU 0. The direct client has no proxy, so it takes CPU 1 itself
 the same two cores.
 """
 import argparse
+import glob
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -84,6 +86,7 @@ class Bench:
         }
         self.sidepool_bin = args.sidepool_bin
         self.procs = {}
+        self.wrappers = {}
         self.cpus = os.cpu_count() or 1
         self.pin = args.pin and self.cpus >= 2
         self.cpu_proxy = "1" if self.pin else None
@@ -110,6 +113,8 @@ class Bench:
     # ---- processes ---------------------------------------------------------------------------
 
     def start(self, name, argv, cpu=None, env=None):
+        # A tool that runs the process under observation (callgrind), set per target name.
+        argv = self.wrappers.get(name, []) + argv
         if cpu is not None:
             argv = ["taskset", "-c", cpu] + argv
         logf = open(os.path.join(self.work, f"{name}.log"), "ab")
@@ -275,6 +280,12 @@ http {{
                         full += 1
         return accepts, full, resumed
 
+    def exchange_requests(self):
+        """Requests the fake exchange has answered so far (nginx stub_status)."""
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port['exchange_status']}/stub", timeout=5) as r:
+            return int(r.read().decode().splitlines()[2].split()[2])
+
     def exchange_delta(self, before):
         after = self.exchange_counts()
         # Each reading of stub_status is itself one (plain) connection: the "after" one.
@@ -373,7 +384,7 @@ backend ex
         self.wait_port(self.port["haproxy"], "haproxy")
         return self.procs["haproxy"]
 
-    def start_nginx(self, upstream_port):
+    def start_nginx(self, upstream_port, single_process=False):
         w = self.work
         top, temps = self.nginx_common("nginx-proxy")
         conf = f"""{top}
@@ -411,7 +422,10 @@ http {{
         path = os.path.join(w, "nginx-proxy.conf")
         with open(path, "w") as f:
             f.write(conf)
-        self.start("nginx", ["nginx", "-p", w, "-c", path, "-g", "daemon off;"],
+        # One process (no master) when the worker itself must be the process started, so that
+        # a wrapper such as callgrind sees the requests.
+        directives = "daemon off; master_process off;" if single_process else "daemon off;"
+        self.start("nginx", ["nginx", "-p", w, "-c", path, "-g", directives],
                    cpu=self.cpu_proxy)
         self.wait_port(self.port["nginx"], "nginx")
         return self.procs["nginx"]
@@ -660,8 +674,10 @@ http {{
 
     def scenario_keepalive(self):
         conns = [1, 16, 64, 256]
-        seconds = self.args.seconds
-        rounds = 1 if self.quick else 5
+        # Many short rounds rather than a few long ones: the machine's speed drifts over tens of
+        # seconds, and each ratio is taken within one round, so more, closer pairs are steadier.
+        seconds = 2 if self.quick else 3
+        rounds = 1 if self.quick else 7
         # The busy-polling modes too, each started only for its own runs (with a 1 s warm-up,
         # as the others had once at the start); the target is judged on default settings.
         modes = ["sidepool_bp2ms", "haproxy_bp"]
@@ -708,6 +724,89 @@ http {{
                 res["runs"].append(entry)
         self.stop_proxies()
         return res
+
+    def scenario_work(self):
+        """What each proxy does per request, measured so that this machine's timing noise cannot
+        move it: system calls and context switches (kernel counters, perf stat) under wrk
+        load, and user-space instructions (callgrind) over a fixed number of requests; 16
+        kept-alive clients, every request proxied to the exchange."""
+        conns = 16
+        per_conn = 50 if self.quick else 200
+        res = {"clients": conns, "requests_counted": conns * per_conn, "targets": []}
+        log(f"work per request: {conns} clients; perf stat under wrk, callgrind over "
+            f"{conns * per_conn} requests")
+        for t in PROXIES:
+            entry = {"target": t}
+            entry.update(self.count_kernel_events(t, conns))
+            entry.update(self.count_instructions(t, conns, per_conn))
+            res["targets"].append(entry)
+            log(f"  {t}: {entry['syscalls_per_request']:.2f} system calls, "
+                f"{entry['context_switches_per_request']:.3f} context switches, "
+                f"{entry['instructions_per_request']:,.0f} user-space instructions per request")
+        return res
+
+    def count_kernel_events(self, target, conns, seconds=3):
+        """System calls and context switches per request, counted by the kernel (perf stat on
+        tracepoints and software events, which need no hardware counters) over `seconds` of
+        wrk load; requests are counted by the exchange over the same window."""
+        self.start_proxies(self.port["exchange"], which=[target])
+        self.wrk(target, conns, 1)
+        loader = threading.Thread(target=self.wrk, args=(target, conns, seconds + 3))
+        loader.start()
+        try:
+            time.sleep(1.0)
+            pids = ",".join(str(p) for p in self.pids_of(target))
+            before = self.exchange_requests()
+            out = subprocess.run(
+                ["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter,context-switches",
+                 "-p", pids, "--", "sleep", str(seconds)],
+                capture_output=True, text=True, timeout=seconds + 30).stderr
+            requests = self.exchange_requests() - before - 1  # the reading itself is one
+        finally:
+            loader.join()
+            self.stop(target)
+        counts = {}
+        for line in out.splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[0].strip().isdigit():
+                counts[fields[2]] = int(fields[0])
+        if "raw_syscalls:sys_enter" not in counts or requests <= 0:
+            raise RuntimeError(f"perf stat counted nothing for {target}:\n{out[-1000:]}")
+        return {"syscalls_per_request": counts["raw_syscalls:sys_enter"] / requests,
+                "context_switches_per_request": counts.get("context-switches", 0) / requests,
+                "requests_in_window": requests}
+
+    def count_instructions(self, target, conns, per_conn):
+        """User-space instructions per request: the proxy runs under callgrind; counters are
+        zeroed after a warm-up and dumped after exactly conns x per_conn requests."""
+        out = os.path.join(self.work, f"callgrind.{target}")
+        for old in glob.glob(out + "*"):
+            os.remove(old)
+        self.wrappers[target] = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        try:
+            if target == "nginx":
+                self.stop(target)
+                self.start_nginx(self.port["exchange"], single_process=True)
+            else:
+                self.start_proxies(self.port["exchange"], which=[target])
+            pid = str(self.procs[target].pid)
+            # taskset execs the wrapper, so the process started is valgrind itself.
+            self.client("count", target, conns=conns, n=20)
+            subprocess.run(["callgrind_control", "-z", pid], capture_output=True, timeout=60,
+                           check=True)
+            r = self.client("count", target, conns=conns, n=per_conn)
+            subprocess.run(["callgrind_control", "-d", pid], capture_output=True, timeout=60,
+                           check=True)
+            if r["ok"] != conns * per_conn:
+                raise RuntimeError(f"{target} under callgrind: {r}")
+            dumps = sorted(glob.glob(out + "*"), key=os.path.getmtime)
+            with open(dumps[-1]) as f:
+                m = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
+            return {"instructions_per_request": int(m.group(1)) / r["ok"],
+                    "instructions_requests": r["ok"]}
+        finally:
+            self.wrappers.pop(target, None)
+            self.stop(target)
 
     def scenario_added_latency(self):
         rate = self.args.rate
@@ -913,7 +1012,7 @@ http {{
         only = set(self.args.only.split(",")) if self.args.only else None
         scenarios = [("naive", self.scenario_naive), ("keepalive", self.scenario_keepalive),
                      ("added_latency", self.scenario_added_latency),
-                     ("growth", self.scenario_growth)]
+                     ("growth", self.scenario_growth), ("work", self.scenario_work)]
         for key, fn in scenarios:
             if only and key not in only:
                 continue
@@ -1036,7 +1135,7 @@ def main():
     p.add_argument("--sidepool-bin", required=True)
     p.add_argument("--port-base", type=int, default=27000)
     p.add_argument("--no-pin", dest="pin", action="store_false")
-    p.add_argument("--only", help="comma list: naive,keepalive,added_latency,growth")
+    p.add_argument("--only", help="comma list: naive,keepalive,added_latency,growth,work")
     p.add_argument("--command", default="bench/run")
     args = p.parse_args()
     args.seconds = 2 if args.quick else 5

@@ -7,6 +7,8 @@ rate   One kept-alive connection, requests sent at a fixed rate; latency of each
        the first byte written to the last byte of the response read.
 fill   K connections at once, one request each, all in flight together (opens K upstream
        connections in a pool whose upstream is slow enough for the requests to overlap).
+count  --conns kept-alive connections, each sending exactly --n requests one after another:
+       a fixed amount of work, for counters that are read before and after.
 """
 import argparse
 import asyncio
@@ -163,6 +165,19 @@ def rate(args):
     print(json.dumps(out))
 
 
+async def read_response_async(reader, timeout):
+    """Reads one response with Content-Length from an asyncio stream; returns its status."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    await asyncio.wait_for(reader.readexactly(length), timeout)
+    return status
+
+
 async def fill(args):
     req = build_request("GET", args.path, args.host_header)
     start = asyncio.Event()
@@ -178,14 +193,7 @@ async def fill(args):
             await start.wait()
             writer.write(req)
             await writer.drain()
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
-            status = int(head.split(b" ", 2)[1])
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            await asyncio.wait_for(reader.readexactly(length), 60)
+            status = await read_response_async(reader, 60)
             results["ok" if status == 200 else "other"] += 1
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
             results["errors"] += 1
@@ -201,9 +209,31 @@ async def fill(args):
     print(json.dumps(results))
 
 
+async def count(args):
+    req = build_request("GET", args.path, args.host_header)
+    results = {"ok": 0, "other": 0, "errors": 0}
+
+    async def one():
+        reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+        try:
+            for _ in range(args.n):
+                writer.write(req)
+                status = await read_response_async(reader, 120)
+                results["ok" if status == 200 else "other"] += 1
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            results["errors"] += 1
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(args.conns)))
+    results["seconds"] = time.perf_counter() - t0
+    print(json.dumps(results))
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["naive", "rate", "fill"])
+    p.add_argument("mode", choices=["naive", "rate", "fill", "count"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--path", default=TICKER)
     p.add_argument("--host-header", default="exchange.test")
@@ -211,6 +241,7 @@ def main():
     p.add_argument("--sni", default="exchange.test")
     p.add_argument("--ca")
     p.add_argument("--n", type=int, default=100)
+    p.add_argument("--conns", type=int, default=16)
     p.add_argument("--pause-ms", type=float, default=5.0)
     p.add_argument("--method", default="GET")
     p.add_argument("--rate", type=float, default=500.0)
@@ -222,6 +253,8 @@ def main():
         naive(args)
     elif args.mode == "rate":
         rate(args)
+    elif args.mode == "count":
+        asyncio.run(count(args))
     else:
         asyncio.run(fill(args))
 

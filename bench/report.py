@@ -177,6 +177,24 @@ def evaluate(r):
                 "met": None,
                 "value": gr["bytes_per_idle_connection"],
             })
+    wk = r.get("work")
+    if wk:
+        by = {x["target"]: x for x in wk["targets"]}
+        sp = by["sidepool"]
+        parts = []
+        for t in ("haproxy", "nginx"):
+            if t in by:
+                parts.append(
+                    f"vs {LABEL[t]}: {sp['instructions_per_request'] / by[t]['instructions_per_request']:.2f}x "
+                    f"the user-space instructions, "
+                    f"{sp['syscalls_per_request'] / by[t]['syscalls_per_request']:.2f}x the system calls")
+        out.append({
+            "name": "work per request at 16 clients, free of timing noise (report only): "
+                    "sidepool's user-space instructions and system calls relative to the peers'",
+            "measured": "; ".join(parts),
+            "limit": "report",
+            "met": None,
+        })
     return out
 
 
@@ -523,6 +541,28 @@ def markdown(r, targets, rel):
                     f"{f2(x['lat_max_us'] / 1000)} | {p99q} | {meanq} | {handshakes(x)} |")
             add("")
         add(f"![growth]({rel}/growth.png)")
+        add("")
+
+    wk = r.get("work")
+    if wk:
+        add("### 5. Work per request")
+        add("")
+        add(f"What each proxy does per request at {wk['clients']} kept-alive clients, counted "
+            "rather than timed, so the machine's noise does not move it. *System calls* and "
+            "*context switches* are counted by the kernel (`perf stat` on the "
+            "`raw_syscalls:sys_enter` tracepoint and the `context-switches` event) over 3 s of "
+            "wrk load, divided by the requests the exchange answered in that window. "
+            "*User-space instructions* are counted by callgrind (valgrind) over exactly "
+            f"{wk['requests_counted']:,} requests from a fixed-count client, after a warm-up; "
+            "they include TLS and everything in the process, and exclude the kernel.")
+        add("")
+        add("| target | system calls / request | context switches / request | "
+            "user-space instructions / request |")
+        add("|---|---|---|---|")
+        for x in wk["targets"]:
+            add(f"| {LABEL[x['target']]} | {f2(x['syscalls_per_request'])} | "
+                f"{x['context_switches_per_request']:.3f} | "
+                f"{f0(x['instructions_per_request'])} |")
         add("")
     return "\n".join(L)
 
