@@ -263,12 +263,16 @@ http {{
         self.wait_port(self.port["exchange"], "fake exchange")
         self.wait_port(self.port["exchange_status"], "fake exchange status")
 
-    def exchange_counts(self):
-        """(tcp connections accepted, TLS connections full handshake, resumed)."""
+    def exchange_stub_status(self):
+        """The fake exchange's nginx stub_status counters: (accepts, handled, requests)."""
         with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.port['exchange_status']}/stub", timeout=5) as r:
-            text = r.read().decode()
-        accepts = int(text.splitlines()[2].split()[0])
+            accepts, handled, requests = r.read().decode().splitlines()[2].split()
+        return int(accepts), int(handled), int(requests)
+
+    def exchange_counts(self):
+        """(tcp connections accepted, TLS connections full handshake, resumed)."""
+        accepts = self.exchange_stub_status()[0]
         full = resumed = 0
         with open(os.path.join(self.work, "exchange-conns.log")) as f:
             for line in f:
@@ -279,12 +283,6 @@ http {{
                     else:
                         full += 1
         return accepts, full, resumed
-
-    def exchange_requests(self):
-        """Requests the fake exchange has answered so far (nginx stub_status)."""
-        with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.port['exchange_status']}/stub", timeout=5) as r:
-            return int(r.read().decode().splitlines()[2].split()[2])
 
     def exchange_delta(self, before):
         after = self.exchange_counts()
@@ -756,12 +754,12 @@ http {{
         try:
             time.sleep(1.0)
             pids = ",".join(str(p) for p in self.pids_of(target))
-            before = self.exchange_requests()
+            before = self.exchange_stub_status()[2]
             out = subprocess.run(
                 ["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter,context-switches",
                  "-p", pids, "--", "sleep", str(seconds)],
                 capture_output=True, text=True, timeout=seconds + 30).stderr
-            requests = self.exchange_requests() - before - 1  # the reading itself is one
+            requests = self.exchange_stub_status()[2] - before - 1  # the reading itself is one
         finally:
             loader.join()
             self.stop(target)

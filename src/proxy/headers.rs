@@ -247,17 +247,6 @@ mod tests {
     }
 
     #[test]
-    fn each_table_entry_is_recognised_at_its_own_index() {
-        for (i, hop) in HOP_BY_HOP.iter().enumerate() {
-            let mut headers = HeaderMap::new();
-            headers.insert(hop.clone(), HeaderValue::from_static("x"));
-            // Only entry `i` is present, so only it is removed: nothing else may remain.
-            strip_hop_by_hop(&mut headers);
-            assert!(headers.is_empty(), "entry {i} ({hop}) not removed");
-        }
-    }
-
-    #[test]
     fn messages_without_hop_headers_are_left_alone() {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
@@ -269,6 +258,8 @@ mod tests {
 
     #[test]
     fn each_hop_header_alone_is_removed() {
+        // Also checks that the name match in `strip_hop_by_hop` and the table agree: a wrong
+        // index would remove an absent entry and leave this one.
         for hop in &HOP_BY_HOP {
             let mut headers = HeaderMap::new();
             headers.insert(hop.clone(), HeaderValue::from_static("x"));
