@@ -86,6 +86,13 @@ pub enum ProxyBody {
     Upstream(Box<UpstreamBody>),
 }
 
+/// An empty local body.
+impl Default for ProxyBody {
+    fn default() -> Self {
+        ProxyBody::Local(None)
+    }
+}
+
 impl ProxyBody {
     /// A complete local body.
     pub fn local(bytes: impl Into<Bytes>) -> Self {

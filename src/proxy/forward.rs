@@ -44,10 +44,17 @@ pub struct Failed {
     pub queue_wait: Duration,
 }
 
-/// Sends `req` to `upstream` under the re-send rule above.
-pub async fn send(upstream: &Upstream, req: Request<RequestBody>) -> Result<Sent, Failed> {
-    let limits = upstream.limits;
-    let mut req = req;
+/// Sends the request in `outgoing` to `upstream` under the re-send rule above, taking it out
+/// when it goes on the wire (hyper hands back one that was not sent, and it goes back in).
+///
+/// Borrowed rather than owned: an async fn keeps a by-value argument in a slot of its own, so
+/// the request would be stored twice in the request's future, which hyper copies for every
+/// request.
+pub async fn send(
+    upstream: &Upstream,
+    outgoing: &mut Option<Request<RequestBody>>,
+) -> Result<Sent, Failed> {
+    let limits = &upstream.limits;
     let mut fresh = false;
     let mut retried = None;
     let mut queue_wait = Duration::ZERO;
@@ -57,11 +64,19 @@ pub async fn send(upstream: &Upstream, req: Request<RequestBody>) -> Result<Sent
             .await
             .map_err(|error| Failed { error, queue_wait })?;
         queue_wait += waited;
-        let replay = (pooled.is_reused() && is_replayable(&req)).then(|| replay_of(&req));
         let now = Instant::now();
         let deadline = *deadline.get_or_insert(now + limits.request_timeout);
         let head_deadline = (now + limits.read_timeout).min(deadline);
-        let sending = pooled.conn().send.try_send_request(req);
+        // A block of its own, so that the moved-out request takes no room in the future while
+        // the response is awaited. The copy for a re-send is boxed: rarely used, kept small.
+        let (replay, sending) = {
+            let Some(req) = outgoing.take() else {
+                break;
+            };
+            let replay =
+                (pooled.is_reused() && is_replayable(&req)).then(|| Box::new(replay_of(&req)));
+            (replay, pooled.conn().send.try_send_request(req))
+        };
         match tokio::time::timeout_at(head_deadline, sending).await {
             Ok(Ok(response)) => {
                 return Ok(Sent {
@@ -80,7 +95,7 @@ pub async fn send(upstream: &Upstream, req: Request<RequestBody>) -> Result<Sent
                     if let Some(unsent) = err.take_message() {
                         upstream.pool.metrics().retried(RetryReason::Unsent);
                         tracing::debug!(upstream = %upstream.name, error = %err.error(), "request was not sent; sending it on a new connection");
-                        req = unsent;
+                        *outgoing = Some(unsent);
                         retried = Some(RetryReason::Unsent);
                         fresh = true;
                         continue;
@@ -90,7 +105,7 @@ pub async fn send(upstream: &Upstream, req: Request<RequestBody>) -> Result<Sent
                     {
                         upstream.pool.metrics().retried(RetryReason::Idempotent);
                         tracing::debug!(upstream = %upstream.name, error = %err.error(), "reused connection failed before a response; re-sending the idempotent request on a new connection");
-                        req = again;
+                        *outgoing = Some(*again);
                         retried = Some(RetryReason::Idempotent);
                         fresh = true;
                         continue;

@@ -1,7 +1,6 @@
 //! The accept loop of the proxy listener, the cap on client connections, and the settings of
 //! each client connection.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -78,10 +77,7 @@ pub async fn serve(
                     };
                     let _ = tcp.set_nodelay(true);
                     let proxy = proxy.clone();
-                    let service = service_fn(move |req| {
-                        let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-                    });
+                    let service = service_fn(move |req| proxy.clone().handle(req));
                     let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
                     tokio::spawn(async move {
                         if let Err(err) = connection.await {
