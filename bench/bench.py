@@ -675,7 +675,7 @@ http {{
         # Many short rounds rather than a few long ones: the machine's speed drifts over tens of
         # seconds, and each ratio is taken within one round, so more, closer pairs are steadier.
         seconds = 2 if self.quick else 3
-        rounds = 1 if self.quick else 7
+        rounds = 1 if self.quick else 9
         # The busy-polling modes too, each started only for its own runs (with a 1 s warm-up,
         # as the others had once at the start); the target is judged on default settings.
         modes = ["sidepool_bp2ms", "haproxy_bp"]

@@ -68,8 +68,8 @@ def paired_ratio(by, c, peer, ours="sidepool"):
 def median_interval(ratios, coverage=0.90):
     """A distribution-free interval for the median round ratio: the k-th smallest and k-th
     largest of n ratios cover the true median with probability 1 - 2 P(Binomial(n, 1/2) < k);
-    k is the largest that keeps at least `coverage` (with 7 rounds that is the min and max).
-    Returns (low, high, achieved coverage), or None with fewer than 3 rounds."""
+    k is the largest that keeps at least `coverage` (with 9 rounds: the second smallest and
+    the second largest). Returns (low, high, achieved coverage), or None with fewer than 3 rounds."""
     n = len(ratios)
     if n < 3:
         return None
