@@ -70,6 +70,7 @@ pub async fn send(
         // A block of its own, so that the moved-out request takes no room in the future while
         // the response is awaited. The copy for a re-send is boxed: rarely used, kept small.
         let (replay, sending) = {
+            // Empty only when the caller passed no request: nothing to send.
             let Some(req) = outgoing.take() else {
                 break;
             };
@@ -186,8 +187,8 @@ async fn acquire(
             Acquired::Connect(slot) => {
                 metrics.queue_waited(waited);
                 // Boxed: opening a connection (DNS, TCP, TLS, HTTP/1 setup) is a large future on
-                // a rare path. Inline, it made every request's future, which hyper moves into
-                // place for each request, 3.5 KB instead of 2.5 KB.
+                // a rare path. Inline, it would make every request's future, which hyper copies
+                // for each request, 2.2 KB instead of 984 bytes.
                 return Ok((Box::pin(open(upstream, slot)).await?, waited));
             }
             Acquired::Reused(mut pooled) => {
