@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::{Grant, Pool, Poolable};
 use crate::metrics::CloseReason;
@@ -110,7 +111,13 @@ impl<C: Poolable> Pooled<C> {
     }
 
     /// The exchange on this connection is complete: reuse it unless it has closed.
-    pub fn release(mut self) {
+    pub fn release(self) {
+        self.release_at(Instant::now());
+    }
+
+    /// [`Pooled::release`] at `now`, a clock reading the caller already has (idle time counts
+    /// from it).
+    pub fn release_at(mut self, now: Instant) {
         if let Some(conn) = self.conn.take() {
             if conn.is_closed() {
                 self.pool.close_active(CloseReason::UpstreamClosed);
@@ -118,7 +125,7 @@ impl<C: Poolable> Pooled<C> {
                 drop(conn);
                 self.pool.close_active(CloseReason::DnsChanged);
             } else {
-                self.pool.checkin(conn, self.id);
+                self.pool.checkin(conn, self.id, now);
             }
         }
     }

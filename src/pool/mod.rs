@@ -434,16 +434,30 @@ impl<C: Poolable> Pool<C> {
     /// when neither is free, a place in the FIFO queue for up to `queue_timeout`. With `fresh`,
     /// only a new connection will do (for a re-send).
     pub async fn checkout(self: &Arc<Self>, fresh: bool) -> Result<Acquired<C>, CheckoutError> {
+        self.checkout_timed(fresh).await.0
+    }
+
+    /// [`Pool::checkout`], with how long the caller waited in the queue: exactly zero, and no
+    /// clock read, when a connection or a slot was free at once (the common case, on every
+    /// request's path).
+    pub async fn checkout_timed(
+        self: &Arc<Self>,
+        fresh: bool,
+    ) -> (Result<Acquired<C>, CheckoutError>, Duration) {
         let mut waiter = match self.try_checkout(fresh) {
-            Ok(acquired) => return Ok(acquired),
+            Ok(acquired) => return (Ok(acquired), Duration::ZERO),
             Err(Queued::Waiting(waiter)) => waiter,
-            Err(Queued::Full) => return Err(CheckoutError::QueueFull),
+            Err(Queued::Full) => return (Err(CheckoutError::QueueFull), Duration::ZERO),
         };
-        match tokio::time::timeout(self.limits.queue_timeout, waiter.granted()).await {
+        let queued = Instant::now();
+        let granted = tokio::time::timeout(self.limits.queue_timeout, waiter.granted()).await;
+        let waited = queued.elapsed();
+        let acquired = match granted {
             Ok(Some(grant)) => Ok(self.acquired_from(grant)),
             Ok(None) => Err(CheckoutError::Closed),
             Err(_elapsed) => Err(CheckoutError::QueueTimeout),
-        }
+        };
+        (acquired, waited)
     }
 
     fn acquired_from(self: &Arc<Self>, grant: Grant<C>) -> Acquired<C> {
@@ -628,7 +642,7 @@ impl<C: Poolable> Pool<C> {
     }
 
     /// An active connection is done and may be reused: to the oldest waiter, or to idle.
-    fn checkin(&self, conn: C, id: u64) {
+    fn checkin(&self, conn: C, id: u64, now: Instant) {
         let mut state = self.lock();
         state.active -= 1;
         let mut freed = 0;
@@ -677,7 +691,7 @@ impl<C: Poolable> Pool<C> {
                 state.idle.push(Idle {
                     conn,
                     id,
-                    since: Instant::now(),
+                    since: now,
                 });
             }
         }
@@ -780,7 +794,7 @@ impl<C: Poolable> Pool<C> {
         }
         drop(state);
         match late_grant() {
-            Some(Grant::Conn(conn, conn_id)) => self.checkin(conn, conn_id),
+            Some(Grant::Conn(conn, conn_id)) => self.checkin(conn, conn_id, Instant::now()),
             Some(Grant::Slot) => self.connect_abandoned(),
             None => {}
         }

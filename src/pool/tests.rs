@@ -169,6 +169,53 @@ async fn queue_timeout_leaves_the_queue() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn checkout_timed_reports_the_queue_wait_and_zero_without_one() {
+    let (set, _metrics) = pools(10, &[1]);
+    let pool = set.pools()[0].clone();
+    let (acquired, waited) = pool.checkout_timed(false).await;
+    assert!(matches!(acquired, Ok(Acquired::Connect(_))));
+    assert_eq!(waited, Duration::ZERO, "a free slot means no wait");
+    drop(acquired);
+    let held = connect(&pool, "only").await;
+    let p = pool.clone();
+    let queued = tokio::spawn(async move {
+        let (acquired, waited) = p.checkout_timed(false).await;
+        (reused(acquired).conn().name, waited)
+    });
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_millis(250)).await;
+    held.release();
+    assert_eq!(
+        queued.await.unwrap(),
+        ("only", Duration::from_millis(250)),
+        "the wait is from entering the queue to the grant"
+    );
+    // The task dropped its connection without releasing it (closed): the one slot is free.
+    let _busy = connect(&pool, "second").await;
+    let (timed_out, waited) = pool.checkout_timed(false).await;
+    assert!(matches!(timed_out, Err(CheckoutError::QueueTimeout)));
+    assert_eq!(waited, limits(1).queue_timeout);
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_at_counts_idle_time_from_the_given_instant() {
+    let (set, _metrics) = pools(10, &[1]);
+    let pool = &set.pools()[0];
+    let conn = connect(pool, "x").await;
+    let released = Instant::now();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    conn.release_at(released);
+    // Idle since `released`, not since the call: it expires 30 s after that.
+    assert_eq!(
+        pool.reap(Instant::now()),
+        Some(released + Duration::from_secs(30))
+    );
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert_eq!(pool.reap(Instant::now()), None);
+    assert_eq!(pool.counts(), counts(0, 0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
 async fn cancelled_waiter_leaves_the_queue() {
     let (set, _metrics) = pools(10, &[1]);
     let pool = set.pools()[0].clone();

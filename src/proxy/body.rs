@@ -157,7 +157,9 @@ pub struct UpstreamBody {
     timer: Option<Pin<Box<Sleep>>>,
     read_timeout: Duration,
     deadline: Instant,
-    last_progress: Instant,
+    /// The last frame, or the first wait: set only once the body has had to wait, so that a
+    /// body that arrives whole (the usual small JSON answer) costs no clock reads.
+    last_progress: Option<Instant>,
     completion: Option<Completion>,
     /// The client may have the response head: a data frame went out with it, or the body had
     /// to wait, and hyper flushes the head while it waits.
@@ -174,7 +176,6 @@ impl UpstreamBody {
         deadline: Instant,
         completion: Completion,
     ) -> Self {
-        let now = Instant::now();
         let mut body = UpstreamBody {
             inner,
             pooled: Some(pooled),
@@ -182,7 +183,7 @@ impl UpstreamBody {
             timer: None,
             read_timeout,
             deadline,
-            last_progress: now,
+            last_progress: None,
             completion: Some(completion),
             head_out: false,
         };
@@ -194,9 +195,11 @@ impl UpstreamBody {
 
     /// Ends the exchange: the connection is reused only after a complete, reusable response.
     fn finish(&mut self, complete: bool) {
+        // One clock reading for both: the connection's idle time and the request's duration.
+        let now = Instant::now();
         if let Some(pooled) = self.pooled.take() {
             if complete && self.reusable {
-                pooled.release();
+                pooled.release_at(now);
             } else {
                 let mut pooled = pooled;
                 if complete {
@@ -206,7 +209,7 @@ impl UpstreamBody {
             }
         }
         if let Some(completion) = self.completion.take() {
-            completion.finish(if complete { "complete" } else { "incomplete" });
+            completion.finish_at(now, if complete { "complete" } else { "incomplete" });
         }
     }
 
@@ -241,7 +244,9 @@ impl Body for UpstreamBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.last_progress = Instant::now();
+                if this.last_progress.is_some() {
+                    this.last_progress = Some(Instant::now());
+                }
                 this.head_out |= frame.is_data();
                 // hyper stops polling a body whose length is known once it reports its end, so
                 // the exchange is complete now, not at a final `None` that may never be asked for.
@@ -260,7 +265,9 @@ impl Body for UpstreamBody {
             }
             Poll::Pending => loop {
                 this.head_out = true;
-                let read_deadline = this.last_progress + this.read_timeout;
+                // Until now nothing was waited for, so the silence starts here.
+                let last_progress = *this.last_progress.get_or_insert_with(Instant::now);
+                let read_deadline = last_progress + this.read_timeout;
                 let timer = this.timer.get_or_insert_with(|| {
                     Box::pin(tokio::time::sleep_until(read_deadline.min(this.deadline)))
                 });

@@ -156,13 +156,15 @@ async fn acquire(
     upstream: &Upstream,
     fresh: bool,
 ) -> Result<(Pooled<UpstreamConn>, Duration), ProxyError> {
-    let started = Instant::now();
     let metrics = upstream.pool.metrics();
+    let mut waited = Duration::ZERO;
     for skip in 0..=STALE_SKIPS {
         let fresh = fresh || skip == STALE_SKIPS;
-        let acquired = upstream.pool.checkout(fresh).await.map_err(|err| match err {
+        let (acquired, queued) = upstream.pool.checkout_timed(fresh).await;
+        waited += queued;
+        let acquired = acquired.map_err(|err| match err {
             CheckoutError::QueueTimeout => {
-                metrics.queue_waited(started.elapsed());
+                metrics.queue_waited(waited);
                 ProxyError::new(
                 ErrorKind::PoolTimeout,
                 format!(
@@ -182,7 +184,6 @@ async fn acquire(
             CheckoutError::Closed => ProxyError::new(ErrorKind::ShuttingDown, "sidepool is shutting down"),
         })
         .map_err(|e| e.with_upstream(&upstream.name))?;
-        let waited = started.elapsed();
         match acquired {
             Acquired::Connect(slot) => {
                 metrics.queue_waited(waited);

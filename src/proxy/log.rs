@@ -34,7 +34,12 @@ impl Completion {
     /// Records the request's metrics and writes its log line. `outcome` is `complete` when the
     /// response was delivered to the end.
     pub fn finish(self, outcome: &str) {
-        let took = self.started.elapsed();
+        self.finish_at(Instant::now(), outcome);
+    }
+
+    /// [`Completion::finish`] with the response's end read from the clock by the caller.
+    pub fn finish_at(self, now: Instant, outcome: &str) {
+        let took = now.saturating_duration_since(self.started);
         self.pool.metrics().request_done(self.status, took);
         tracing::info!(
             upstream = %self.pool.name(),
