@@ -20,6 +20,18 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// How many tasks a worker runs between two looks at the kernel's I/O events while tasks are
+/// queued (tokio's `event_interval`; its default is 61).
+///
+/// Under load every request makes two or three tasks ready (client connection, upstream
+/// connection). With tokio's default, a burst of more than about 30 requests is cut in two by an
+/// I/O poll, the writes of the burst are spread out, and the bot and the exchange are woken more
+/// often for the same work. Measured with 64 and 256 kept-alive clients on 2 vCPUs
+/// (docs/benchmarks.md): a third fewer wake-ups of other processes per request and about 5% less
+/// CPU per request, with no change at 1 or 16 clients (a burst there never reaches 61 tasks).
+/// Waiting I/O is still seen after at most this many task polls, well under a millisecond.
+pub const EVENT_INTERVAL: u32 = 256;
+
 /// Builds the runtime: current-thread with one worker, multi-thread otherwise.
 ///
 /// The worker count is `TOKIO_WORKER_THREADS` when set (tokio's own variable, read here too so
@@ -29,15 +41,12 @@ pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .or_else(|| std::thread::available_parallelism().ok().map(usize::from));
-    if workers == Some(1) {
+    let mut builder = if workers == Some(1) {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    }
+    };
+    builder.event_interval(EVENT_INTERVAL).enable_all().build()
 }
 
 /// Keeps the runtime's threads polling for I/O for `window` after the last request event.
