@@ -98,6 +98,8 @@ class Bench:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": args.command,
             "placement": self.placement_text(),
+            # The CPU of the load generator and the exchange (busy_fraction key), when pinned.
+            "load_cpu": f"cpu{self.cpu_side}" if self.pin else None,
             "caps": {"per_host": 30, "queue_timeout_s": 5, "idle_timeout_s": 30},
         }
 
@@ -533,6 +535,10 @@ http {{
         # Share of each CPU's time taken by the hypervisor for other guests (steal) during the
         # run: a run with much steal ran on a slower machine than its neighbours.
         r["steal_fraction"] = {c: steal_fraction(st0[c], st1[c]) for c in st0}
+        # Share of each CPU's time that was not idle: with the proxy alone on one CPU, a load
+        # CPU (load generator + exchange) near 100% means the rate was set there, not by the
+        # proxy.
+        r["busy_fraction"] = {c: busy_fraction(st0[c], st1[c]) for c in st0}
         if m0 is not None:
             m1 = self.sidepool_metrics(self.port[admin])
             r["sidepool_connections"] = {
@@ -717,7 +723,8 @@ http {{
                 best = sorted(runs, key=lambda r: r["ok_rps"])[len(runs) // 2]
                 entry = {"target": t, "connections": c, "median_of": len(runs),
                          "all_ok_rps": [r["ok_rps"] for r in runs],
-                         "all_cpu_us_per_request": [r.get("cpu_us_per_request") for r in runs]}
+                         "all_cpu_us_per_request": [r.get("cpu_us_per_request") for r in runs],
+                         "all_busy_fraction": [r.get("busy_fraction") for r in runs]}
                 entry.update(best)
                 res["runs"].append(entry)
         self.stop_proxies()
@@ -1030,20 +1037,28 @@ http {{
 
 
 def cpu_ticks():
-    """Per-CPU (total, steal) jiffies from /proc/stat."""
+    """Per-CPU (total, steal, idle + iowait) jiffies from /proc/stat."""
     out = {}
     with open("/proc/stat") as f:
         for line in f:
             name, *vals = line.split()
             if name.startswith("cpu") and name != "cpu":
                 nums = [int(v) for v in vals]
-                out[name] = (sum(nums[:8]), nums[7] if len(nums) > 7 else 0)
+                out[name] = (sum(nums[:8]), nums[7] if len(nums) > 7 else 0,
+                             nums[3] + nums[4])
     return out
 
 
 def steal_fraction(before, after):
     total = after[0] - before[0]
     return (after[1] - before[1]) / total if total > 0 else 0.0
+
+
+def busy_fraction(before, after):
+    """The share of a CPU's time spent running anything (not idle, not stolen)."""
+    total = after[0] - before[0]
+    idle = (after[2] - before[2]) + (after[1] - before[1])
+    return 1 - idle / total if total > 0 else 0.0
 
 
 def pct(samples):

@@ -52,6 +52,29 @@ def round_ratios(by, c, peer, ours="sidepool"):
     return [a / b for a, b in zip(s.get("all_ok_rps", []), p.get("all_ok_rps", [])) if b]
 
 
+def load_cpu(r):
+    """The busy_fraction key of the CPU that ran the load generator and the exchange, or None
+    when nothing was pinned (runs before the key was recorded were pinned to cpu0)."""
+    if "load_cpu" in r:
+        return r["load_cpu"]
+    return "cpu0" if r.get("placement", "").startswith("proxy under test alone") else None
+
+
+def load_busy(x, cpu):
+    """How busy the load CPU was during one keep-alive run (0..1), or None."""
+    return (x.get("busy_fraction") or {}).get(cpu) if cpu else None
+
+
+def saturated_rounds(by, c, peer, cpu, ours="sidepool"):
+    """Rounds in which the load CPU was at least 95% busy under both proxies, and all rounds:
+    there the rate was set by the load generator and the exchange, not by either proxy."""
+    def per_round(x):
+        return [load_busy({"busy_fraction": b}, cpu) for b in x.get("all_busy_fraction", [])]
+
+    pairs = list(zip(per_round(by[(ours, c)]), per_round(by[(peer, c)])))
+    return sum(a is not None and b is not None and min(a, b) >= 0.95 for a, b in pairs), len(pairs)
+
+
 def paired_ratio(by, c, peer, ours="sidepool"):
     """sidepool's 2xx/s over the peer's, round by round (the two ran minutes apart at most,
     under the same background load), then the median over rounds: steadier on a shared
@@ -118,6 +141,10 @@ def evaluate(r):
                 if ratio < 1.0:
                     interval = median_interval(rounds)
                     label = f"c{c} vs {LABEL[peer]}"
+                    full, total = saturated_rounds(by, c, peer, load_cpu(r))
+                    if full:
+                        label += (f", load CPU at least 95% busy under both in {full}/{total} "
+                                  "rounds")
                     if interval and interval[1] >= 1.0:
                         within_noise.append(f"{label} ({interval[0]:.2f}-{interval[1]:.2f}, "
                                             f"{100 * interval[2]:.0f}% interval)")
@@ -465,12 +492,16 @@ def markdown(r, targets, rel):
             "2xx/s counts only successful responses (nginx answers 502 at once beyond its cap). "
             "CPU is the proxy's user+system time over the run divided by the requests it "
             "answered, and as a share of one core (\"busy\"; below 100% the proxy's core was "
-            "not what limited the rate); RSS is measured right after the run (nginx: master + "
+            "not what limited the rate); *load CPU busy* is how much of the other CPU (load "
+            "generator and exchange) was in use, from /proc/stat: near 100% the rate was set "
+            "there, whatever the proxy. RSS is measured right after the run (nginx: master + "
             "worker).")
         add("")
         add("| clients | target | 2xx/s | p50 µs | p99 µs | non-2xx | CPU µs/req | proxy CPU busy "
-            "| RSS MiB | new upstream TLS conns | sidepool ÷ this | 2xx/s of each round |")
-        add("|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "| load CPU busy | RSS MiB | new upstream TLS conns | sidepool ÷ this "
+            "| 2xx/s of each round |")
+        add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        cpu = load_cpu(r)
         by = {(x["target"], x["connections"]): x for x in ka["runs"]}
         for c in sorted({x["connections"] for x in ka["runs"]}):
             for t in TARGETS + KEEPALIVE_MODES:
@@ -485,10 +516,12 @@ def markdown(r, targets, rel):
                 else:
                     ratio = f"{paired_ratio(by, c, t):.2f}"
                 busy = f"{100 * x['cpu_utilization']:.0f}%" if x.get("cpu_utilization") else "–"
+                loaded = load_busy(x, cpu) if t != "direct" else None
+                loaded = f"{100 * loaded:.0f}%" if loaded is not None else "–"
                 rounds = ", ".join(f0(v) for v in x.get("all_ok_rps", []))
                 add(f"| {c} | {LABEL[t]} | {f0(x['ok_rps'])} | {f0(x['lat_p50_us'])} | "
                     f"{f0(x['lat_p99_us'])} | {100 * x['non2xx_fraction']:.1f}% | "
-                    f"{f1(x.get('cpu_us_per_request'))} | {busy} | "
+                    f"{f1(x.get('cpu_us_per_request'))} | {busy} | {loaded} | "
                     f"{f1(mib(x['rss_bytes'])) if x.get('rss_bytes') else '–'} | "
                     f"{handshakes(x)} | {ratio} | {rounds} |")
         add("")
