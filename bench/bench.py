@@ -734,15 +734,19 @@ http {{
         """What each proxy does per request, measured so that this machine's timing noise cannot
         move it: system calls and context switches (kernel counters, perf stat) under wrk
         load, and user-space instructions (callgrind) over a fixed number of requests; 16
-        kept-alive clients, every request proxied to the exchange."""
+        kept-alive clients, every request proxied to the exchange. The kernel counts are taken
+        again at 64 clients, where requests queue and arrive in bursts."""
         conns = 16
+        busy = 64
         per_conn = 50 if self.quick else 200
-        res = {"clients": conns, "requests_counted": conns * per_conn, "targets": []}
+        res = {"clients": conns, "busy_clients": busy, "requests_counted": conns * per_conn,
+               "targets": []}
         log(f"work per request: {conns} clients; perf stat under wrk, callgrind over "
             f"{conns * per_conn} requests")
         for t in PROXIES:
             entry = {"target": t}
             entry.update(self.count_kernel_events(t, conns))
+            entry["busy"] = self.count_kernel_events(t, busy)
             entry.update(self.count_instructions(t, conns, per_conn))
             res["targets"].append(entry)
             log(f"  {t}: {entry['syscalls_per_request']:.2f} system calls, "
@@ -763,7 +767,8 @@ http {{
             pids = ",".join(str(p) for p in self.pids_of(target))
             before = self.exchange_stub_status()[2]
             out = subprocess.run(
-                ["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter,context-switches",
+                ["perf", "stat", "-x", ",", "-e",
+                 "raw_syscalls:sys_enter,context-switches,sched:sched_wakeup",
                  "-p", pids, "--", "sleep", str(seconds)],
                 capture_output=True, text=True, timeout=seconds + 30).stderr
             requests = self.exchange_stub_status()[2] - before - 1  # the reading itself is one
@@ -779,6 +784,9 @@ http {{
             raise RuntimeError(f"perf stat counted nothing for {target}:\n{out[-1000:]}")
         return {"syscalls_per_request": counts["raw_syscalls:sys_enter"] / requests,
                 "context_switches_per_request": counts.get("context-switches", 0) / requests,
+                # Tasks woken while the proxy ran (the tracepoint fires in the waker): the bot's
+                # and the exchange's threads, whose wake-ups cost CPU on their side too.
+                "wakeups_per_request": counts.get("sched:sched_wakeup", 0) / requests,
                 "requests_in_window": requests}
 
     def count_instructions(self, target, conns, per_conn):

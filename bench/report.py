@@ -624,18 +624,35 @@ def markdown(r, targets, rel):
             "rather than timed, so the machine's noise does not move it. *System calls* and "
             "*context switches* are counted by the kernel (`perf stat` on the "
             "`raw_syscalls:sys_enter` tracepoint and the `context-switches` event) over 3 s of "
-            "wrk load, divided by the requests the exchange answered in that window. "
+            "wrk load, divided by the requests the exchange answered in that window; "
+            "*wake-ups* counts the `sched:sched_wakeup` tracepoint in the same window, which "
+            "fires in the waking task, so it is the threads the proxy woke: the load "
+            "generator's and the exchange's, each wake-up costing CPU on both sides. The "
+            "kernel counts are shown at "
+            f"{wk['clients']} and, where measured, at {wk.get('busy_clients', '–')} clients "
+            "(requests queue and arrive in bursts there). "
             "*User-space instructions* are counted by callgrind (valgrind) over exactly "
             f"{wk['requests_counted']:,} requests from a fixed-count client, after a warm-up; "
             "they include TLS and everything in the process, and exclude the kernel.")
         add("")
-        add("| target | system calls / request | context switches / request | "
-            "user-space instructions / request |")
-        add("|---|---|---|---|")
+        add("| target | system calls / request | context switches / request | wake-ups / "
+            "request | user-space instructions / request |")
+        add("|---|---|---|---|---|")
+
+        def both(x, key, fmt):
+            here = x.get(key)
+            there = (x.get("busy") or {}).get(key)
+            text = fmt(here) if here is not None else "–"
+            return text + (f" ({fmt(there)})" if there is not None else "")
+
         for x in wk["targets"]:
-            add(f"| {LABEL[x['target']]} | {f2(x['syscalls_per_request'])} | "
-                f"{x['context_switches_per_request']:.3f} | "
+            add(f"| {LABEL[x['target']]} | {both(x, 'syscalls_per_request', f2)} | "
+                f"{both(x, 'context_switches_per_request', lambda v: f'{v:.3f}')} | "
+                f"{both(x, 'wakeups_per_request', lambda v: f'{v:.3f}')} | "
                 f"{f0(x['instructions_per_request'])} |")
+        if any(x.get("busy") for x in wk["targets"]):
+            add("")
+            add(f"(In brackets: at {wk['busy_clients']} clients.)")
         add("")
     return "\n".join(L)
 
