@@ -24,11 +24,11 @@ use tokio::time::Instant;
 /// queued (tokio's `event_interval`; its default is 61).
 ///
 /// Under load every request makes two or three tasks ready (client connection, upstream
-/// connection). With tokio's default, a burst of more than about 30 requests is cut in two by an
-/// I/O poll, the writes of the burst are spread out, and the bot and the exchange are woken more
-/// often for the same work. Measured with 64 and 256 kept-alive clients on 2 vCPUs
-/// (docs/benchmarks.md): a third fewer wake-ups of other processes per request and about 5% less
-/// CPU per request, with no change at 1 or 16 clients (a burst there never reaches 61 tasks).
+/// connection). Measured with 64 and 256 kept-alive clients on 2 vCPUs (docs/benchmarks.md,
+/// *wake-ups per request*): with 256 instead of 61, a third fewer wake-ups of other processes
+/// (the bot, the exchange) per request and about 5% less CPU per request; no change at 16
+/// clients, where a burst never reaches 61 tasks. Our reading: the default cuts a burst of
+/// answers in two, and its writes reach the other processes in two spread-out halves.
 /// Waiting I/O is still seen after at most this many task polls, well under a millisecond.
 pub const EVENT_INTERVAL: u32 = 256;
 
