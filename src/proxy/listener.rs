@@ -1,7 +1,14 @@
-//! The accept loop of the proxy listener, the cap on client connections, and the settings of
-//! each client connection.
+//! The accept loop of the proxy listener, the cap on client connections, the settings of
+//! each client connection, and the tunnels that `CONNECT` opens (read as plain HTTP/1.1
+//! requests for one upstream).
+//!
+//! Draining is done here rather than with hyper-util's `GracefulShutdown`, which cannot watch
+//! a connection that allows upgrades (CONNECT): every client connection and every tunnel
+//! holds a receiver of one watch channel, is told through it to finish its in-flight request,
+//! and the drain is over when the last receiver is gone.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,12 +16,12 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::Proxy;
+use super::{Proxy, Tunnel};
 use crate::config::ListenConfig;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::Metrics;
@@ -52,7 +59,7 @@ pub async fn serve(
     ));
     let refusal = refusal_response(listen.max_client_connections);
     let mut refusals = RefusalLog::default();
-    let graceful = GracefulShutdown::new();
+    let (drain, _) = watch::channel(false);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -62,6 +69,10 @@ pub async fn serve(
         // Upstream responses pass through untouched: no Date added by sidepool.
         .auto_date_header(false)
         .keep_alive(true);
+    let shared = Arc::new(Shared {
+        builder,
+        handshake_timeout: header_read_timeout,
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -76,14 +87,26 @@ pub async fn serve(
                         continue;
                     };
                     let _ = tcp.set_nodelay(true);
+                    let client = ClientConn {
+                        shared: shared.clone(),
+                        slot: Arc::new(slot),
+                        drain: drain.subscribe(),
+                        tunnel: None,
+                    };
+                    let draining = drain.subscribe();
                     let proxy = proxy.clone();
-                    let service = service_fn(move |req| proxy.clone().handle(req));
-                    let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+                    let connection = shared
+                        .builder
+                        .serve_connection(
+                            TokioIo::new(tcp),
+                            service_fn(move |req| proxy.clone().handle(req, &client)),
+                        )
+                        .with_upgrades();
                     tokio::spawn(async move {
-                        if let Err(err) = connection.await {
+                        let served = until_drained(connection, |c| c.graceful_shutdown(), draining);
+                        if let Err(err) = served.await {
                             tracing::debug!(error = %err, "client connection ended with an error");
                         }
-                        drop(slot);
                     });
                 }
                 Err(err) => {
@@ -95,13 +118,14 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let open = graceful.count();
     tracing::info!(
-        open_connections = open,
+        open_connections = clients.open.load(Ordering::Acquire),
         ?drain_timeout,
         "stopped accepting; draining"
     );
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+    // Every connection and tunnel sees this, and finishes its in-flight request.
+    let _ = drain.send(true);
+    if tokio::time::timeout(drain_timeout, drain.closed())
         .await
         .is_err()
     {
@@ -110,6 +134,86 @@ pub async fn serve(
             "drain_timeout elapsed; closing the remaining client connections"
         );
     }
+}
+
+/// What every client connection of one listener shares.
+pub(super) struct Shared {
+    builder: http1::Builder,
+    /// How long a client inside a tunnel has for its TLS handshake.
+    #[allow(dead_code)]
+    handshake_timeout: Duration,
+}
+
+/// One client connection (or a tunnel inside one), as its requests see it.
+pub(super) struct ClientConn {
+    shared: Arc<Shared>,
+    /// Its place under `listen.max_client_connections`, held until the connection and any
+    /// tunnel it opened are both gone.
+    slot: Arc<ClientSlot>,
+    /// Told when the listener drains; a tunnel takes its own clone.
+    drain: watch::Receiver<bool>,
+    /// `Some` inside a CONNECT tunnel: every request goes to that upstream.
+    pub(super) tunnel: Option<Tunnel>,
+}
+
+impl ClientConn {
+    /// Serves the tunnel a `CONNECT` just opened, once hyper hands over the connection (after
+    /// the 200 has been written). The requests inside are read with the same settings and
+    /// handled by the same proxy as any other.
+    pub(super) fn open_tunnel(
+        &self,
+        proxy: Arc<Proxy>,
+        on: hyper::upgrade::OnUpgrade,
+        tunnel: Tunnel,
+    ) {
+        let inner = ClientConn {
+            shared: self.shared.clone(),
+            slot: self.slot.clone(),
+            drain: self.drain.clone(),
+            tunnel: Some(tunnel),
+        };
+        let draining = self.drain.clone();
+        tokio::spawn(async move {
+            let upgraded = match on.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    tracing::debug!(error = %err, "client left before its tunnel opened");
+                    return;
+                }
+            };
+            let shared = inner.shared.clone();
+            let connection = shared.builder.serve_connection(
+                upgraded,
+                service_fn(move |req| proxy.clone().handle(req, &inner)),
+            );
+            let served = until_drained(connection, |c| c.graceful_shutdown(), draining);
+            if let Err(err) = served.await {
+                tracing::debug!(error = %err, "tunnel ended with an error");
+            }
+        });
+    }
+}
+
+/// Drives a client connection until it ends; when the listener drains, it is told to finish
+/// its in-flight request and close (an idle keep-alive connection closes at once).
+async fn until_drained<C>(
+    connection: C,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+    mut drain: watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        biased;
+        result = connection.as_mut() => return result,
+        // A closed channel also means "drain": the listener is gone.
+        _ = drain.wait_for(|draining| *draining) => {}
+    }
+    graceful_shutdown(connection.as_mut());
+    drop(drain);
+    connection.await
 }
 
 /// Counts client connections against `listen.max_client_connections` and keeps the
@@ -122,7 +226,7 @@ struct ClientCap {
 }
 
 /// One admitted client connection; dropping it frees the place.
-struct ClientSlot(Arc<ClientCap>);
+pub(super) struct ClientSlot(Arc<ClientCap>);
 
 impl ClientCap {
     fn new(max: usize, metrics: Arc<Metrics>) -> ClientCap {

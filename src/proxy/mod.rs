@@ -42,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolLimits, PoolSet, Poolable};
 use crate::runtime::BusyPoll;
 use body::UpstreamBody;
+use listener::ClientConn;
 use log::Completion;
 use route::Routes;
 
@@ -95,6 +96,15 @@ pub struct Proxy {
     pools: Arc<PoolSet<UpstreamConn>>,
     metrics: Arc<Metrics>,
     busy_poll: Option<Arc<BusyPoll>>,
+}
+
+/// A CONNECT tunnel's target: every request inside it goes to this upstream.
+#[derive(Clone)]
+struct Tunnel {
+    /// Index into [`Proxy::upstreams`].
+    upstream: usize,
+    /// The port the client asked for (a Host header inside may name it).
+    port: u16,
 }
 
 /// What becomes of a client request once it has been checked.
@@ -182,18 +192,24 @@ impl Proxy {
     /// the future keeps the rewritten request in one place until it is sent: hyper moves every
     /// request's future into its client connection's slot, so each byte of it is copied once per
     /// request, and with a few hundred clients that slot is no longer in the cache.
-    pub fn handle(
+    fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+        client: &ClientConn,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static + use<>
+    {
         let started = Instant::now();
         if let Some(busy) = &self.busy_poll {
             busy.touch();
         }
         if tracing::enabled!(tracing::Level::TRACE) {
-            tracing::trace!(method = %req.method(), path = %redact_path(req.uri().path_and_query().map_or("", |p| p.as_str())), headers = %headers::redacted_headers(req.headers()), "request received");
+            tracing::trace!(method = %req.method(), path = %redact_path(route::loggable_target(req.uri().path_and_query().map_or("", |p| p.as_str()))), headers = %headers::redacted_headers(req.headers()), "request received");
         }
-        let mut admission = self.admit_and_rewrite(req, started);
+        let mut admission = if req.method() == Method::CONNECT {
+            self.connect(req, started, client)
+        } else {
+            self.admit_and_rewrite(req, started, client.tunnel.as_ref())
+        };
         async move {
             Ok(match &mut admission {
                 Admission::Forward(outbound) => self.forward(outbound).await,
@@ -203,21 +219,15 @@ impl Proxy {
     }
 
     /// Admits a request and rewrites it for its upstream, or answers it with the refusal.
-    fn admit_and_rewrite(&self, req: Request<Incoming>, started: Instant) -> Admission {
-        let (upstream, path) = match self.admit(&req) {
+    fn admit_and_rewrite(
+        &self,
+        req: Request<Incoming>,
+        started: Instant,
+        tunnel: Option<&Tunnel>,
+    ) -> Admission {
+        let (upstream, path) = match self.admit(&req, tunnel) {
             Ok(route) => (route.upstream, route.path_and_query),
-            Err(err) => {
-                let path = req.uri().path_and_query().map_or("", |p| p.as_str());
-                log::error_done(
-                    &err,
-                    self.metrics.unrouted(),
-                    req.method(),
-                    path,
-                    started,
-                    None,
-                );
-                return Admission::Refused(local_error(&err));
-            }
+            Err(err) => return self.refuse(&req, &err, started),
         };
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
@@ -292,17 +302,91 @@ impl Proxy {
         }
     }
 
-    /// The checks before anything is forwarded: method, header size, route.
-    fn admit(&self, req: &Request<Incoming>) -> Result<route::Route, ProxyError> {
-        if req.method() == Method::CONNECT {
-            return Err(ProxyError::new(
-                ErrorKind::ConnectNotSupported,
-                "CONNECT tunnels cannot be pooled; use an http:// base URL with HTTP_PROXY, or route mode http://<sidepool>/<upstream>/<path>",
-            ));
-        }
+    /// The checks before anything is forwarded: header size, route (inside a tunnel: the
+    /// tunnel's upstream, and a Host that names it).
+    fn admit(
+        &self,
+        req: &Request<Incoming>,
+        tunnel: Option<&Tunnel>,
+    ) -> Result<route::Route, ProxyError> {
         let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         headers::check_size(req.headers(), target_len)?;
-        self.routes.resolve(req.uri())
+        let Some(tunnel) = tunnel else {
+            return self.routes.resolve(req.uri());
+        };
+        if let Some(host) = req.headers().get(header::HOST) {
+            let host = host.to_str().unwrap_or("");
+            if !self.routes.host_matches(host, tunnel.upstream, tunnel.port) {
+                return Err(ProxyError::new(
+                    ErrorKind::NotAllowed,
+                    "the Host header names another host than the tunnel was opened to",
+                ));
+            }
+        }
+        self.routes.in_tunnel(req.uri(), tunnel.upstream)
+    }
+
+    /// `CONNECT host:80` to a configured upstream's host: answered 200, and the tunnel is read
+    /// as plain HTTP/1.1 requests for that upstream. Every other CONNECT is refused.
+    fn connect(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        started: Instant,
+        client: &ClientConn,
+    ) -> Admission {
+        let tunnel = match self.admit_connect(&req, client) {
+            Ok(tunnel) => tunnel,
+            Err(err) => return self.refuse(&req, &err, started),
+        };
+        tracing::debug!(upstream = %self.upstreams[tunnel.upstream].name, port = tunnel.port, "tunnel opened");
+        let on = hyper::upgrade::on(&mut req);
+        client.open_tunnel(self.clone(), on, tunnel);
+        Admission::Refused(Response::new(ProxyBody::local(bytes::Bytes::new())))
+    }
+
+    fn admit_connect(
+        &self,
+        req: &Request<Incoming>,
+        client: &ClientConn,
+    ) -> Result<Tunnel, ProxyError> {
+        let not_supported = || {
+            ProxyError::new(
+                ErrorKind::ConnectNotSupported,
+                "CONNECT tunnels cannot be pooled, except CONNECT <configured host>:80 for plain http:// URLs; use an http:// base URL with HTTP_PROXY, or route mode http://<sidepool>/<upstream>/<path>",
+            )
+        };
+        if client.tunnel.is_some() {
+            return Err(not_supported());
+        }
+        headers::check_size(req.headers(), 0)?;
+        let authority = req.uri().authority().ok_or_else(|| {
+            ProxyError::new(ErrorKind::BadRequest, "CONNECT needs a host:port target")
+        })?;
+        if authority.port_u16() == Some(80)
+            && let Ok(upstream) = self.routes.plain_tunnel(authority)
+        {
+            return Ok(Tunnel { upstream, port: 80 });
+        }
+        Err(not_supported())
+    }
+
+    /// Logs a refused request (its target with any query cut or redacted) and answers it.
+    fn refuse(&self, req: &Request<Incoming>, err: &ProxyError, started: Instant) -> Admission {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        log::error_done(
+            err,
+            self.metrics.unrouted(),
+            req.method(),
+            route::loggable_target(target),
+            started,
+            None,
+        );
+        Admission::Refused(local_error(err))
     }
 }
 
@@ -319,12 +403,16 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
+    fn future_size3<A, B, C, F: Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
     /// hyper copies each request's future into its client connection's slot, all of it, for
     /// every request: a by-value request kept in an async fn's argument slot, or a copy kept
     /// across an `.await`, shows up here. (It was 2.5 KB before the request was stored once.)
     #[test]
     fn request_future_stays_small() {
-        let handle = future_size(Proxy::handle);
+        let handle = future_size3(|p: Arc<Proxy>, r, c: &ClientConn| p.handle(r, c));
         let send = future_size(forward::send);
         eprintln!("request future {handle} bytes, send future {send} bytes");
         assert!(handle <= 1200, "the request future grew to {handle} bytes");

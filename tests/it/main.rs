@@ -29,6 +29,8 @@ mod logs;
 mod orders;
 /// Connection reuse, per-host and global caps.
 mod pooling;
+/// Drop-in addressing: prefix form, its encoded twin, CONNECT :80 tunnels.
+mod prefix;
 /// The queue under 10x demand: FIFO, bounded waits, fair sharing of the global cap.
 mod queueing;
 /// The re-send rule: a GET survives a stale connection, a POST is never sent twice.
