@@ -13,6 +13,7 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: every metric name, registered once per instance.
 //! - [`error`]: the error kinds and their responses.
+//! - [`intercept`]: the CONNECT interception CA and its leaf certificates.
 //! - [`runtime`]: which tokio scheduler runs sidepool, and optional busy polling.
 //! - [`cli`]: the command line (`run`, `check`, `health`).
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod error;
+pub mod intercept;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
