@@ -113,6 +113,12 @@ pub fn main(args: &[String]) -> ExitCode {
         Command::Check(path) => match Config::load(&path) {
             Ok(config) => {
                 print!("{}", config.to_toml());
+                for note in &config.notes {
+                    eprintln!("note: {note}");
+                }
+                for warning in &config.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 eprintln!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
@@ -141,6 +147,12 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     let _log_writer = init_logging(&config.log);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    for note in &config.notes {
+        tracing::info!("{note}");
+    }
     let runtime = match crate::runtime::build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -152,8 +164,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         let server = match crate::Server::bind(config).await {
             Ok(server) => server,
             Err(err) => {
-                tracing::error!("{err}");
-                eprintln!("error: {err}");
+                let text = err.chain();
+                tracing::error!("{text}");
+                eprintln!("error: {text}");
                 return ExitCode::FAILURE;
             }
         };

@@ -45,6 +45,63 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
+/// Why sidepool could not start. `Display` says what failed; `source()` keeps the cause (the
+/// OS error of a failed bind, the parse error of a bad server name), and `cli` prints the whole
+/// chain on exit.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind (`key` is `listen.proxy` or `listen.admin`).
+    #[error("{key}: cannot listen on {addr}")]
+    Listen {
+        /// The config key of the listener.
+        key: &'static str,
+        /// The address it was to bind.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS client configuration could not be built.
+    #[error("{0}")]
+    Tls(String),
+    /// An upstream's host is not a valid TLS server name.
+    #[error("upstream {upstream:?}: host {host:?} is not a valid TLS server name")]
+    ServerName {
+        /// The upstream's name.
+        upstream: String,
+        /// Its host.
+        host: String,
+        /// Why the name is refused.
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// An upstream's authority cannot be a Host header.
+    #[error("upstream {upstream:?}: invalid authority {authority:?}")]
+    Authority {
+        /// The upstream's name.
+        upstream: String,
+        /// The authority as configured.
+        authority: String,
+        /// Why it is not a header value.
+        #[source]
+        source: http::header::InvalidHeaderValue,
+    },
+}
+
+impl StartError {
+    /// The error and each of its causes, joined by `: ` (one line, for the exit message).
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            text.push_str(": ");
+            text.push_str(&err.to_string());
+            cause = err.source();
+        }
+        text
+    }
+}
+
 /// How often histogram buffers are drained into their buckets.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -59,21 +116,16 @@ pub struct Server {
 
 impl Server {
     /// Builds pools, connectors and metrics and binds both listeners.
-    pub async fn bind(config: Config) -> Result<Server, String> {
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
         let metrics = Metrics::new(config.max_connections);
         let proxy = Arc::new(Proxy::new(&config, metrics.clone())?);
-        let proxy_listener = TcpListener::bind(config.listen.proxy).await.map_err(|e| {
-            format!(
-                "listen.proxy: cannot listen on {}: {e}",
-                config.listen.proxy
-            )
-        })?;
-        let admin_listener = TcpListener::bind(config.listen.admin).await.map_err(|e| {
-            format!(
-                "listen.admin: cannot listen on {}: {e}",
-                config.listen.admin
-            )
-        })?;
+        let listen = |key: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { key, addr, source })
+        };
+        let proxy_listener = listen("listen.proxy", config.listen.proxy).await?;
+        let admin_listener = listen("listen.admin", config.listen.admin).await?;
         Ok(Server {
             config,
             proxy_listener,
@@ -150,5 +202,37 @@ impl Server {
         spinners.iter().for_each(JoinHandle::abort);
         upkeep.abort();
         tracing::info!("sidepool stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_bind_keeps_the_os_error_as_its_source() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let config = Config::from_toml_str(&format!(
+            "[listen]\nproxy = \"{addr}\"\nadmin = \"127.0.0.1:0\"\n\
+             [upstreams.a]\nurl = \"http://127.0.0.1:1\"\n"
+        ))
+        .expect("valid");
+        let Err(err) = Server::bind(config).await else {
+            panic!("bound a port that is taken");
+        };
+        assert!(
+            matches!(&err, StartError::Listen { key: "listen.proxy", addr: a, .. } if *a == addr),
+            "{err:?}"
+        );
+        let source = std::error::Error::source(&err).expect("a source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the OS error");
+        assert_eq!(io.kind(), std::io::ErrorKind::AddrInUse);
+        assert_eq!(
+            err.chain(),
+            format!("listen.proxy: cannot listen on {addr}: {io}")
+        );
     }
 }

@@ -22,6 +22,7 @@ pub use dns::{Addresses, DnsCache, Resolver};
 pub use stream::UpstreamStream;
 pub use tls::client_config;
 
+use crate::StartError;
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::UpstreamMetrics;
@@ -101,14 +102,17 @@ impl Connector {
         upstream: &UpstreamConfig,
         config: &Config,
         metrics: UpstreamMetrics,
-    ) -> Result<Connector, String> {
+    ) -> Result<Connector, StartError> {
         let server_name = if upstream.tls {
-            Some(ServerName::try_from(upstream.host.clone()).map_err(|e| {
-                format!(
-                    "upstream {:?}: host {:?} is not a valid TLS server name: {e}",
-                    upstream.name, upstream.host
-                )
-            })?)
+            Some(
+                ServerName::try_from(upstream.host.clone()).map_err(|source| {
+                    StartError::ServerName {
+                        upstream: upstream.name.clone(),
+                        host: upstream.host.clone(),
+                        source,
+                    }
+                })?,
+            )
         } else {
             None
         };

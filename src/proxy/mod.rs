@@ -35,6 +35,7 @@ pub use headers::{MAX_HEADER_BYTES, is_secret_header, redact_path};
 pub use listener::serve;
 pub use refresh::spawn_dns_refreshers;
 
+use crate::StartError;
 use crate::config::{Config, Limits};
 use crate::connect::{self, Addresses, Connector};
 use crate::error::{ErrorKind, ProxyError};
@@ -129,8 +130,8 @@ struct Outbound {
 
 impl Proxy {
     /// Builds the pools, connectors and routes from a validated config.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, String> {
-        let shared = connect::Shared::new(config)?;
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, StartError> {
+        let shared = connect::Shared::new(config).map_err(StartError::Tls)?;
         let pools = Arc::new(PoolSet::new(
             config.max_connections,
             config.upstreams.iter().map(|u| {
@@ -150,8 +151,12 @@ impl Proxy {
             .iter()
             .zip(pools.pools())
             .map(|(u, pool)| {
-                let authority = HeaderValue::from_str(&u.authority).map_err(|_| {
-                    format!("upstream {:?}: invalid authority {:?}", u.name, u.authority)
+                let authority = HeaderValue::from_str(&u.authority).map_err(|source| {
+                    StartError::Authority {
+                        upstream: u.name.clone(),
+                        authority: u.authority.clone(),
+                        source,
+                    }
                 })?;
                 let connector = Connector::new(shared.clone(), u, config, pool.metrics().clone())?;
                 Ok(Upstream {
@@ -162,7 +167,7 @@ impl Proxy {
                     connector,
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, StartError>>()?;
         Ok(Proxy {
             routes: Routes::new(&config.upstreams),
             upstreams,

@@ -143,3 +143,101 @@ async fn health_subcommand_reports_readiness() {
     .unwrap();
     assert_eq!(down.status.code(), Some(1));
 }
+
+#[test]
+fn check_warns_when_the_proxy_listener_is_off_loopback() {
+    let toml = valid().replace("proxy = \"127.0.0.1:0\"", "proxy = \"0.0.0.0:18080\"");
+    let (code, stdout, stderr) = check("off-loopback", &toml, &[]);
+    assert_eq!(code, 0, "a warning, not an error: {stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning line: {stderr}"));
+    assert!(
+        warning.contains("off-loopback.toml: listen.proxy:")
+            && warning.contains("not a loopback address")
+            && warning.contains("no authentication"),
+        "{warning}"
+    );
+    assert!(stdout.contains("proxy = \"0.0.0.0:18080\""), "{stdout}");
+    // On loopback: no warning.
+    let (code, _, stderr) = check("on-loopback", &valid(), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn check_prints_the_effective_per_host_cap_and_notes_the_lowering() {
+    let toml = valid().replace("[pool]", "[pool]\nmax_connections = 20");
+    let (code, stdout, stderr) = check("lowered", &toml, &[]);
+    assert_eq!(
+        code, 0,
+        "a per-host cap above the global cap is accepted: {stderr}"
+    );
+    assert!(stdout.contains("max_connections = 20"), "{stdout}");
+    assert!(
+        stdout.contains("max_connections_per_host = 20"),
+        "the dump shows the effective cap: {stdout}"
+    );
+    assert!(
+        stderr.contains(
+            "note: default: upstreams.ex.max_connections_per_host: 30 is above \
+             pool.max_connections; the effective cap is 20"
+        ),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_connections_limit_metric_is_the_effective_per_host_cap() {
+    let upstream = crate::support::upstream::TestUpstream::builder()
+        .start()
+        .await;
+    let sidepool =
+        crate::support::harness::Sidepool::for_upstream(&upstream, "max_connections = 4\n").await;
+    assert_eq!(
+        sidepool
+            .metric("http_pool_connections_limit", "upstream=\"ex\"")
+            .await,
+        Some(4.0),
+        "min(per-host 30, global 4)"
+    );
+}
+
+#[test]
+fn start_warns_off_loopback_and_a_failed_bind_prints_its_cause() {
+    // The port is taken on loopback, so binding every address on it fails: the test never
+    // listens off loopback, and the failure shows the error's cause.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let toml = valid().replace(
+        "proxy = \"127.0.0.1:0\"",
+        &format!("proxy = \"0.0.0.0:{port}\""),
+    );
+    let path = config_file("start-off-loopback.toml", &toml);
+    let out = binary()
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run sidepool");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("WARN"))
+        .unwrap_or_else(|| panic!("no warning logged at start: {stderr}"));
+    assert!(
+        warning.contains("listen.proxy") && warning.contains("not a loopback address"),
+        "{warning}"
+    );
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    // The message, then its source (the OS error), on one line.
+    let expected = format!("error: listen.proxy: cannot listen on 0.0.0.0:{port}: ");
+    assert!(error.starts_with(&expected), "{error}");
+    assert!(error.contains("os error"), "the cause is kept: {error}");
+    drop(taken);
+}
