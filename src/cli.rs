@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Config, LogConfig, LogFormat};
+use crate::config::Config;
 
 /// Default config path (the container image passes `/etc/sidepool/sidepool.toml`).
 pub const DEFAULT_CONFIG: &str = "config/sidepool.toml";
@@ -146,7 +146,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _log_writer = init_logging(&config.log);
+    let _log_writer = crate::logging::init(&config.log);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -197,41 +197,6 @@ async fn shutdown_signal() {
     {
         let _ = interrupt.await;
     }
-}
-
-/// How many log lines may wait for the writer thread before new ones are dropped.
-const LOG_BUFFER_LINES: usize = 64 * 1024;
-
-/// Text or JSON lines on stderr; `RUST_LOG` wins over `log.level`.
-///
-/// Lines are written by a dedicated thread, so a slow or blocked stderr never stalls request
-/// handling; if that thread falls more than [`LOG_BUFFER_LINES`] behind, lines are dropped
-/// rather than delaying an order. Keep the returned guard alive: dropping it flushes.
-pub fn init_logging(log: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_BUFFER_LINES)
-        .thread_name("sidepool-log")
-        .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi);
-    let result = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-    };
-    if let Err(err) = result {
-        eprintln!("warning: logging was already set up: {err}");
-    }
-    guard
 }
 
 fn health(admin: Option<String>) -> ExitCode {

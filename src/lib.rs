@@ -25,6 +25,7 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod intercept;
+pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -53,6 +53,9 @@ pub const CLIENT_CONNECTIONS_MAX: &str = "http_pool_client_connections_max";
 /// (`runtime.busy_poll`; always 0 when it is off).
 pub const BUSY_POLL_THREADS: &str = "http_pool_busy_poll_threads";
 
+/// Counter, no labels: log lines dropped because stderr fell behind (`crate::logging`).
+pub const LOG_LINES_DROPPED: &str = "http_pool_log_lines_dropped_total";
+
 /// Histogram buckets in seconds: sub-millisecond pool hits up to minute-long exchanges.
 const BUCKETS: [f64; 16] = [
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -217,7 +220,16 @@ impl Metrics {
 
     /// Prometheus text format 0.0.4.
     pub fn render(&self) -> String {
-        self.handle.render()
+        use std::fmt::Write as _;
+        let mut text = self.handle.render();
+        // Kept by the log writer, which is process-wide and outlives any one recorder.
+        let _ = write!(
+            text,
+            "# HELP {LOG_LINES_DROPPED} Log lines dropped because stderr fell behind the log writer.\n\
+             # TYPE {LOG_LINES_DROPPED} counter\n{LOG_LINES_DROPPED} {}\n",
+            crate::logging::dropped_lines()
+        );
+        text
     }
 
     /// Drains histogram buffers; call periodically.

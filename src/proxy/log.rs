@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::UpstreamConn;
 use super::headers::redact_path;
 use crate::error::ProxyError;
+use crate::logging::{self, RequestLine};
 use crate::metrics::{RetryReason, UpstreamMetrics};
 use crate::pool::Pool;
 
@@ -41,18 +42,36 @@ impl Completion {
     pub fn finish_at(self, now: Instant, outcome: &str) {
         let took = now.saturating_duration_since(self.started);
         self.pool.metrics().request_done(self.status, took);
-        tracing::info!(
-            upstream = %self.pool.name(),
-            method = %self.method,
-            path = %redact_path(self.path.as_str()),
-            status = self.status,
-            duration_ms = took.as_secs_f64() * 1e3,
-            conn = if self.reused { "reused" } else { "new" },
-            queue_ms = self.queue_wait.as_secs_f64() * 1e3,
-            retry = self.retried.map_or("none", RetryReason::as_str),
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
+        let path = redact_path(self.path.as_str());
+        let line = RequestLine {
+            target: module_path!(),
+            upstream: self.pool.name(),
+            method: self.method.as_str(),
+            path: &path,
+            status: self.status,
+            duration_ms: took.as_secs_f64() * 1e3,
+            conn: if self.reused { "reused" } else { "new" },
+            queue_ms: self.queue_wait.as_secs_f64() * 1e3,
+            retry: self.retried.map_or("none", RetryReason::as_str),
             outcome,
-            "request"
-        );
+        };
+        if !logging::request_line(&line) {
+            tracing::info!(
+                upstream = %line.upstream,
+                method = %line.method,
+                path = %line.path,
+                status = line.status,
+                duration_ms = line.duration_ms,
+                conn = line.conn,
+                queue_ms = line.queue_ms,
+                retry = line.retry,
+                outcome = line.outcome,
+                "request"
+            );
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 use http::StatusCode;
 
-use crate::support::harness::{Process, config_toml, https, raw};
+use crate::support::harness::{
+    Client, Process, config_toml, get, https, metric_value, raw, send_fresh,
+};
 use crate::support::upstream::{Reply, TestUpstream};
 
 #[tokio::test]
@@ -89,4 +91,106 @@ async fn json_logs_carry_one_line_per_request_with_its_fields() {
         line["duration_ms"].as_f64().is_some() && line["queue_ms"].as_f64().is_some(),
         "{line}"
     );
+}
+
+/// Request lines as the text format writes them, in the order they were written.
+fn request_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" INFO sidepool::proxy::log: request "))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_request_line_written_before_sigterm_is_flushed_at_exit() {
+    const REQUESTS: usize = 300;
+    let upstream = TestUpstream::builder().start().await;
+    let mut sidepool = Process::start(
+        "logs-flush",
+        &config_toml("", &[https("ex", "exchange.test", upstream.port())]),
+        &[],
+    )
+    .await;
+    let mut client = Client::connect(sidepool.proxy).await;
+    for i in 0..REQUESTS {
+        let (status, _, _) = client.send(get(&format!("/ex/n/{i}?x=1"))).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    drop(client);
+    // Straight to SIGTERM: most lines are still in the batch, none may be lost.
+    sidepool.signal("TERM");
+    assert_eq!(sidepool.wait_exit().await, Some(0));
+    let log = sidepool.log_text();
+    let lines = request_lines(&log);
+    assert_eq!(lines.len(), REQUESTS, "one line per request:\n{log}");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(
+            line.contains(&format!(
+                "request upstream=ex method=GET path=/n/{i}?x=1 status=200 duration_ms="
+            )),
+            "line {i} has the request's fields in order: {line}"
+        );
+        let conn = if i == 0 {
+            "conn=\"new\""
+        } else {
+            "conn=\"reused\""
+        };
+        assert!(
+            line.contains(conn) && line.ends_with("outcome=\"complete\""),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_line_appears_promptly_without_shutdown() {
+    let upstream = TestUpstream::builder().start().await;
+    let sidepool = Process::start(
+        "logs-prompt",
+        &config_toml("", &[https("ex", "exchange.test", upstream.port())]),
+        &[],
+    )
+    .await;
+    let (status, _, _) = send_fresh(sidepool.proxy, get("/ex/prompt")).await;
+    assert_eq!(status, StatusCode::OK);
+    // The writer flushes on its own timer (50 ms); allow far more on a loaded machine.
+    let mut seen = false;
+    for _ in 0..200 {
+        if request_lines(&sidepool.log_text())
+            .iter()
+            .any(|l| l.contains("path=/prompt "))
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(seen, "no request line within 2 s:\n{}", sidepool.log_text());
+    let (_, _, metrics) = send_fresh(sidepool.admin, get("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert_eq!(
+        metric_value(&metrics, "http_pool_log_lines_dropped_total", ""),
+        Some(0.0),
+        "the overflow counter is exported:\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn warn_level_writes_no_request_lines() {
+    let upstream = TestUpstream::builder().start().await;
+    let mut sidepool = Process::start(
+        "logs-warn",
+        &config_toml("", &[https("ex", "exchange.test", upstream.port())]),
+        &[("RUST_LOG", "warn")],
+    )
+    .await;
+    let (status, _, _) = send_fresh(sidepool.proxy, get("/ex/quiet")).await;
+    assert_eq!(status, StatusCode::OK);
+    sidepool.signal("TERM");
+    assert_eq!(sidepool.wait_exit().await, Some(0));
+    let log = sidepool.log_text();
+    assert!(
+        request_lines(&log).is_empty(),
+        "RUST_LOG=warn still filters:\n{log}"
+    );
+    assert_eq!(upstream.received().len(), 1);
 }
