@@ -23,6 +23,8 @@ import threading
 import time
 import urllib.request
 
+import log_lines
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PY = sys.executable
@@ -84,6 +86,7 @@ class Bench:
             "multi": base + 50,
             "multi_admin": base + 51,
         }
+        log_lines.add_ports(self.port, base)
         self.sidepool_bin = args.sidepool_bin
         self.procs = {}
         self.wrappers = {}
@@ -114,12 +117,14 @@ class Bench:
 
     # ---- processes ---------------------------------------------------------------------------
 
-    def start(self, name, argv, cpu=None, env=None):
+    def start(self, name, argv, cpu=None, env=None, sink=None):
         # A tool that runs the process under observation (callgrind), set per target name.
         argv = self.wrappers.get(name, []) + argv
         if cpu is not None:
             argv = ["taskset", "-c", cpu] + argv
-        logf = open(os.path.join(self.work, f"{name}.log"), "ab")
+        # `sink`: where the output goes instead of the work folder (the logging scenario sends
+        # every proxy's log lines to /dev/null, so none pays for a disk).
+        logf = open(sink or os.path.join(self.work, f"{name}.log"), "ab")
         # SIDEPOOL_* is sidepool's config namespace (an unknown key stops it), so the harness's
         # own variables such as SIDEPOOL_BIN are not passed on.
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEPOOL_")}
@@ -308,7 +313,8 @@ http {{
     # ---- proxies -----------------------------------------------------------------------------
 
     def sidepool_config(self, name, port, admin, upstream_port, per_host=30, max_conn=100,
-                        upstreams=None, queue_timeout="5s", busy_poll=None):
+                        upstreams=None, queue_timeout="5s", busy_poll=None,
+                        log_level="warn", log_format=None):
         lines = [
             "[listen]",
             f'proxy = "127.0.0.1:{port}"',
@@ -326,7 +332,12 @@ http {{
         for _, host in names:
             if host != "exchange.test":
                 lines.append(f'"{host}" = "127.0.0.1"')
-        lines += ["[tls]", f'ca_files = ["{self.ca}"]', "[log]", 'level = "warn"']
+        lines += ["[tls]", f'ca_files = ["{self.ca}"]', "[log]"]
+        # None: sidepool's default level ("info", one line per request).
+        if log_level:
+            lines.append(f'level = "{log_level}"')
+        if log_format:
+            lines.append(f'format = "{log_format}"')
         if busy_poll:
             lines += ["[runtime]", f'busy_poll = "{busy_poll}"']
         for uname, host in names:
@@ -1025,7 +1036,8 @@ http {{
         only = set(self.args.only.split(",")) if self.args.only else None
         scenarios = [("naive", self.scenario_naive), ("keepalive", self.scenario_keepalive),
                      ("added_latency", self.scenario_added_latency),
-                     ("growth", self.scenario_growth), ("work", self.scenario_work)]
+                     ("growth", self.scenario_growth), ("work", self.scenario_work),
+                     ("logging", lambda: log_lines.scenario(self))]
         for key, fn in scenarios:
             if only and key not in only:
                 continue
@@ -1156,7 +1168,7 @@ def main():
     p.add_argument("--sidepool-bin", required=True)
     p.add_argument("--port-base", type=int, default=27000)
     p.add_argument("--no-pin", dest="pin", action="store_false")
-    p.add_argument("--only", help="comma list: naive,keepalive,added_latency,growth,work")
+    p.add_argument("--only", help="comma list: naive,keepalive,added_latency,growth,work,logging")
     p.add_argument("--command", default="bench/run")
     args = p.parse_args()
     args.seconds = 2 if args.quick else 5

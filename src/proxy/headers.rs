@@ -143,10 +143,15 @@ pub fn is_secret_header(name: &str) -> bool {
 }
 
 /// True for query parameters whose values are credentials (`signature`, `sign`, keys, tokens).
+/// Runs for every parameter of every logged request, so it neither allocates nor builds a
+/// substring searcher: names are short, and a window compare per part is cheapest.
 fn is_secret_param(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    const PARTS: [&str; 6] = ["sign", "key", "secret", "token", "pass", "auth"];
-    PARTS.iter().any(|p| name.contains(p))
+    const PARTS: [&[u8]; 6] = [b"sign", b"key", b"secret", b"token", b"pass", b"auth"];
+    let name = name.as_bytes();
+    PARTS.iter().any(|part| {
+        name.windows(part.len())
+            .any(|window| window.eq_ignore_ascii_case(part))
+    })
 }
 
 /// The path and query with secret query parameter values replaced by `REDACTED`.
