@@ -169,7 +169,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 fn push_u16(out: &mut String, value: u16) {
-    let _ = write!(out, "{value}");
+    out.push_str(itoa::Buffer::new().format(value));
 }
 
 /// What `{:?}` writes for an f64 (and serde_json for a finite one), without the formatting

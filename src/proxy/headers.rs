@@ -142,16 +142,54 @@ pub fn is_secret_header(name: &str) -> bool {
         || PARTS.iter().any(|p| name.contains(p))
 }
 
-/// True for query parameters whose values are credentials (`signature`, `sign`, keys, tokens).
-/// Runs for every parameter of every logged request, so it neither allocates nor builds a
-/// substring searcher: names are short, and a window compare per part is cheapest.
-fn is_secret_param(name: &str) -> bool {
+/// True for query parameters whose values are credentials (`signature`, `sign`, keys, tokens,
+/// passphrases, auth), matched case-insensitively on the name as the exchange decodes it, so
+/// `%73ignature` is `signature` too.
+///
+/// Runs for every parameter of every logged request: one pass over the name's bytes, no
+/// allocation, no substring searcher.
+fn is_secret_param(name: &[u8]) -> bool {
+    let mut decoded = [0u8; 64];
+    let mut len = 0;
+    let mut i = 0;
+    while i < name.len() {
+        let byte = match (name[i], name.get(i + 1..i + 3)) {
+            (b'%', Some(&[hi, lo])) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
+                i += 2;
+                hex(hi) << 4 | hex(lo)
+            }
+            (b'+', _) => b' ',
+            (byte, _) => byte,
+        };
+        i += 1;
+        if len == decoded.len() {
+            // A name this long is nobody's field name: redact rather than look further.
+            return true;
+        }
+        decoded[len] = byte.to_ascii_lowercase();
+        len += 1;
+    }
+    let decoded = &decoded[..len];
     const PARTS: [&[u8]; 6] = [b"sign", b"key", b"secret", b"token", b"pass", b"auth"];
-    let name = name.as_bytes();
-    PARTS.iter().any(|part| {
-        name.windows(part.len())
-            .any(|window| window.eq_ignore_ascii_case(part))
+    (0..len).any(|at| {
+        let rest = &decoded[at..];
+        PARTS.iter().any(|part| rest.starts_with(part))
     })
+}
+
+fn hex(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
+    }
+}
+
+/// The name part of a `name=value` query pair.
+fn param_name(pair: &[u8]) -> &[u8] {
+    pair.iter()
+        .position(|&b| b == b'=')
+        .map_or(pair, |end| &pair[..end])
 }
 
 /// The path and query with secret query parameter values replaced by `REDACTED`.
@@ -166,19 +204,21 @@ pub fn redact_path(path_and_query: &str) -> Cow<'_, str> {
     let Some((path, query)) = path_and_query.split_once('?') else {
         return Cow::Borrowed(path_and_query);
     };
-    let secret = |pair: &str| is_secret_param(pair.split_once('=').map_or(pair, |(name, _)| name));
-    if !query.split('&').any(secret) {
+    let pairs = || query.as_bytes().split(|&b| b == b'&');
+    if !pairs().any(|pair| is_secret_param(param_name(pair))) {
         return Cow::Borrowed(path_and_query);
     }
     let mut out = String::with_capacity(path_and_query.len());
     out.push_str(path);
     out.push('?');
+    // Split on ASCII bytes of a str, so every piece is a str again.
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
             out.push('&');
         }
-        if secret(pair) {
-            out.push_str(pair.split_once('=').map_or(pair, |(name, _)| name));
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        if is_secret_param(name.as_bytes()) {
+            out.push_str(name);
             out.push_str("=REDACTED");
         } else {
             out.push_str(pair);
@@ -311,6 +351,21 @@ mod tests {
             redact_path("/v5/market/tickers?category=spot"),
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn percent_encoded_secret_names_are_redacted_too() {
+        assert_eq!(
+            redact_path("/o?%73ignature=abc&%53IGN=1&api%4Bey=2&x=%73ignature"),
+            "/o?%73ignature=REDACTED&%53IGN=REDACTED&api%4Bey=REDACTED&x=%73ignature"
+        );
+        assert_eq!(redact_path("/o?pass+phrase=1"), "/o?pass+phrase=REDACTED");
+        assert!(matches!(redact_path("/o?q=%zz&p=%4"), Cow::Borrowed(_)));
+        let long = format!("/o?{}=1", "n".repeat(100));
+        assert!(
+            redact_path(&long).ends_with("=REDACTED"),
+            "overlong names are redacted"
+        );
     }
 
     #[test]
