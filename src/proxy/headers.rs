@@ -170,10 +170,17 @@ fn is_secret_param(name: &[u8]) -> bool {
         len += 1;
     }
     let decoded = &decoded[..len];
-    const PARTS: [&[u8]; 6] = [b"sign", b"key", b"secret", b"token", b"pass", b"auth"];
+    // The parts "sign", "secret", "key", "token", "pass", "auth", looked up by first letter.
     (0..len).any(|at| {
         let rest = &decoded[at..];
-        PARTS.iter().any(|part| rest.starts_with(part))
+        match rest[0] {
+            b's' => rest.starts_with(b"sign") || rest.starts_with(b"secret"),
+            b'k' => rest.starts_with(b"key"),
+            b't' => rest.starts_with(b"token"),
+            b'p' => rest.starts_with(b"pass"),
+            b'a' => rest.starts_with(b"auth"),
+            _ => false,
+        }
     })
 }
 
