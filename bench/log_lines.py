@@ -263,3 +263,53 @@ def scenario(b):
               f"{w['wakeups_per_request']:.3f} wake-ups, "
               f"{w['instructions_per_request']:,.0f} instructions per request")
     return res
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else float("nan")
+
+
+def markdown(res):
+    """The scenario's tables for docs/benchmarks.md: per placement, each target's median 2xx/s,
+    its ratio to sidepool at RUST_LOG=warn and to HAProxy at the same logging, CPU and wake-ups
+    per request; then the counted work per request."""
+    out = []
+    for key, runs in res["placements"].items():
+        by = {r["target"]: r for r in runs}
+        out.append(f"**{key}**, {res['connections']} clients, median of {res['rounds']} "
+                   f"alternating rounds of {res['seconds']} s:\n")
+        out.append("| target | 2xx/s | vs sidepool warn | vs HAProxy | CPU µs/request | "
+                   "wake-ups/request |")
+        out.append("|---|---|---|---|---|---|")
+        peer = {"log_sidepool": "log_haproxy_httplog", "log_sidepool_json": "log_haproxy_httplog",
+                "log_sidepool_warn": "log_haproxy"}
+        for name, label in res["targets"].items():
+            r = by[name]
+            vs_peer = ""
+            if name in peer:
+                # Round-by-round ratios, median: each pair ran back to back.
+                ratios = [a / b for a, b in zip(r["all_ok_rps"], by[peer[name]]["all_ok_rps"])]
+                vs_peer = f"{median(ratios):.2f}x ({LABEL[peer[name]]})"
+            ratios_warn = [a / b for a, b in zip(r["all_ok_rps"],
+                                                 by["log_sidepool_warn"]["all_ok_rps"])]
+            out.append(f"| {label} | {r['ok_rps']:,.0f} | "
+                       f"{median(ratios_warn):.3f}x | {vs_peer} | "
+                       f"{median(r['all_cpu_us_per_request']):.1f} | "
+                       f"{median(r['all_wakeups_per_request']):.3f} |")
+        out.append("")
+    out.append(f"Work per request (16 clients, pinned; instructions over "
+               f"{res['requests_counted']} requests under callgrind):\n")
+    out.append("| target | user-space instructions | system calls | wake-ups |")
+    out.append("|---|---|---|---|")
+    for w in res["work"]:
+        out.append(f"| {w['label']} | {w['instructions_per_request']:,.0f} | "
+                   f"{w['syscalls_per_request']:.2f} | {w['wakeups_per_request']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    with open(sys.argv[1]) as f:
+        print(markdown(json.load(f)["logging"]))
