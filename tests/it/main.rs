@@ -21,6 +21,8 @@ mod faults;
 mod gauges;
 /// Hostile clients: smuggling, SSRF attempts, bodies that never end.
 mod hostile;
+// The invariants of ARCHITECTURE.md that are about where code may do something.
+mod invariants;
 /// max_waiting (queue_full) and the cap on client connections (too_many_clients).
 mod limits;
 /// Secrets never reach the logs, at trace level.
