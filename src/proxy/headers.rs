@@ -143,13 +143,63 @@ pub fn is_secret_header(name: &str) -> bool {
 }
 
 /// True for query parameters whose values are credentials (`signature`, `sign`, keys, tokens).
+///
+/// The name is matched as the upstream reads it: percent-decoded (and case-insensitive), so
+/// `%73ignature` is `signature`. Decoded again while that changes it, to err on the side of
+/// redacting a name encoded twice.
 fn is_secret_param(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    const PARTS: [&str; 6] = ["sign", "key", "secret", "token", "pass", "auth"];
-    PARTS.iter().any(|p| name.contains(p))
+    const PARTS: [&[u8]; 6] = [b"sign", b"key", b"secret", b"token", b"pass", b"auth"];
+    let mut name = name.as_bytes().to_ascii_lowercase();
+    for _ in 0..4 {
+        if PARTS
+            .iter()
+            .any(|part| name.windows(part.len()).any(|w| w == *part))
+        {
+            return true;
+        }
+        match percent_decoded(&name) {
+            Some(decoded) => name = decoded.to_ascii_lowercase(),
+            None => return false,
+        }
+    }
+    false
 }
 
-/// The path and query with secret query parameter values replaced by `REDACTED`.
+/// `bytes` with each `%XX` escape decoded (and `+` as a space, as in form encoding); `None`
+/// when there is nothing to decode. An invalid escape stays as it is.
+fn percent_decoded(bytes: &[u8]) -> Option<Vec<u8>> {
+    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
+        return None;
+    }
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', hi, lo]) => hex(*hi).zip(hex(*lo)).map(|(hi, lo)| (hi * 16 + lo) as u8),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(byte), _) => {
+                out.push(byte);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, byte) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    (out != bytes).then_some(out)
+}
+
+/// The path and query with secret query parameter values replaced by `REDACTED`, for logs
+/// only: names are matched percent-decoded but written as they came, and what is forwarded is
+/// never touched.
 ///
 /// ```
 /// assert_eq!(
@@ -306,6 +356,29 @@ mod tests {
             redact_path("/v5/market/tickers?category=spot"),
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn percent_encoded_secret_names_are_redacted_and_kept_as_sent() {
+        assert_eq!(
+            redact_path("/o?%73ignature=abc&api%4Bey=k&%2573ign=x&SIGN%61TURE=y&a%20b=c"),
+            "/o?%73ignature=REDACTED&api%4Bey=REDACTED&%2573ign=REDACTED&SIGN%61TURE=REDACTED&a%20b=c"
+        );
+        assert_eq!(redact_path("/o?pass+word=1"), "/o?pass+word=REDACTED");
+        // Broken escapes and non-UTF-8 decodings are matched as they are, not refused.
+        assert_eq!(
+            redact_path("/o?%zz=1&%ff%fe=2&x%=3"),
+            "/o?%zz=1&%ff%fe=2&x%=3"
+        );
+        assert!(matches!(redact_path("/o?sym%62ol=BTC"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn percent_decoding_decodes_escapes_once() {
+        assert_eq!(percent_decoded(b"%73ig%6e"), Some(b"sign".to_vec()));
+        assert_eq!(percent_decoded(b"%2573"), Some(b"%73".to_vec()));
+        assert_eq!(percent_decoded(b"plain"), None);
+        assert_eq!(percent_decoded(b"100%"), None);
     }
 
     #[test]
