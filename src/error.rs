@@ -1,7 +1,8 @@
 //! Errors that sidepool itself answers with, and the one place that turns them into responses.
 //!
 //! Owns the stable error kinds of the contract (`x-sidepool-error` and the JSON body). Does not log:
-//! the proxy logs each request once, with the kind, at the level the kind calls for.
+//! the proxy logs each request once, with the kind, at the level the kind calls for (client
+//! errors at info as `request refused`, the others at warn as `request failed`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -114,7 +115,8 @@ impl ErrorKind {
         }
     }
 
-    /// True for mistakes of the client (4xx): logged at debug, not as incidents.
+    /// True for mistakes of the client (4xx): logged at info as `request refused`, not at warn
+    /// as incidents.
     pub fn is_client_error(self) -> bool {
         self.status().is_client_error()
     }
@@ -126,9 +128,15 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// An error answered by sidepool itself: a kind, the upstream it concerns (if any) and a
-/// message that says what happened and what to do. Messages never carry query strings or
-/// header values, so they are safe to log and to return.
+/// The error that caused a [`ProxyError`] (hyper's, an I/O error, rustls's), shared so that
+/// the error stays cheap to clone.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error answered by sidepool itself: a kind, the upstream it concerns (if any), a
+/// message that says what happened and what to do, and the error that caused it (its
+/// [`source`](std::error::Error::source)). Messages never carry query strings or header
+/// values, so they are safe to log and to return; neither do the causes sidepool attaches
+/// (hyper, I/O and TLS errors describe connections, not requests).
 #[derive(Debug, Clone)]
 pub struct ProxyError {
     /// What went wrong, as a stable identifier.
@@ -137,6 +145,8 @@ pub struct ProxyError {
     pub upstream: Option<Arc<str>>,
     /// Human-readable explanation with a hint.
     pub message: String,
+    /// The underlying error, when there is one.
+    pub cause: Option<Cause>,
 }
 
 impl ProxyError {
@@ -146,12 +156,19 @@ impl ProxyError {
             kind,
             upstream: None,
             message: message.into(),
+            cause: None,
         }
     }
 
     /// Attaches the upstream name.
     pub fn with_upstream(mut self, upstream: &Arc<str>) -> Self {
         self.upstream = Some(upstream.clone());
+        self
+    }
+
+    /// Attaches the error that caused this one; [`std::error::Error::source`] returns it.
+    pub fn with_cause(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
         self
     }
 
@@ -189,7 +206,13 @@ impl fmt::Display for ProxyError {
     }
 }
 
-impl std::error::Error for ProxyError {}
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -207,6 +230,25 @@ mod tests {
         assert_eq!(json["error"], "pool_timeout");
         assert_eq!(json["upstream"], "bybit");
         assert_eq!(json["message"], "no connection free");
+    }
+
+    #[test]
+    fn the_cause_is_the_source_and_survives_a_clone() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let err =
+            ProxyError::new(ErrorKind::UpstreamFailed, "the connection failed").with_cause(io);
+        let copy = err.clone();
+        let source = copy.source().expect("a source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error itself");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
+        assert!(
+            ProxyError::new(ErrorKind::NotAllowed, "no")
+                .source()
+                .is_none()
+        );
     }
 
     #[test]

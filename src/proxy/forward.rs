@@ -10,6 +10,7 @@
 //! Everything else that fails after bytes may have left (a POST order above all) is answered
 //! 502 and never re-sent.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 
 use super::body::{ClientBodyError, RequestBody};
 use super::{Upstream, UpstreamConn};
+use crate::connect::UpstreamStream;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{CloseReason, RetryReason};
 use crate::pool::{Acquired, CheckoutError, Connecting, Pooled};
@@ -55,12 +57,13 @@ pub async fn send(
     outgoing: &mut Option<Request<RequestBody>>,
 ) -> Result<Sent, Failed> {
     let limits = &upstream.limits;
-    let mut fresh = false;
+    let mut new_only = false;
     let mut retried = None;
     let mut queue_wait = Duration::ZERO;
     let mut deadline = None;
-    for attempt in 0..2 {
-        let (mut pooled, waited) = acquire(upstream, fresh)
+    // Ends: the rule allows one re-send, and the second attempt is never `first`.
+    loop {
+        let (mut pooled, waited) = acquire(upstream, new_only)
             .await
             .map_err(|error| Failed { error, queue_wait })?;
         queue_wait += waited;
@@ -69,17 +72,53 @@ pub async fn send(
         let head_deadline = (now + limits.read_timeout).min(deadline);
         // A block of its own, so that the moved-out request takes no room in the future while
         // the response is awaited. The copy for a re-send is boxed: rarely used, kept small.
-        let (replay, sending) = {
+        let (tried, replay, sending) = {
             // Empty only when the caller passed no request: nothing to send.
             let Some(req) = outgoing.take() else {
-                break;
+                return Err(Failed {
+                    error: ProxyError::new(
+                        ErrorKind::UpstreamFailed,
+                        "the request could not be sent",
+                    )
+                    .with_upstream(&upstream.name),
+                    queue_wait,
+                });
             };
-            let replay =
-                (pooled.is_reused() && is_replayable(&req)).then(|| Box::new(replay_of(&req)));
-            (replay, pooled.conn().send.try_send_request(req))
+            let tried = Tried {
+                first: retried.is_none(),
+                reused: pooled.is_reused(),
+                replayable: is_replayable(&req),
+            };
+            let replay = tried.may_replay().then(|| Box::new(replay_of(&req)));
+            (tried, replay, pooled.conn().send.try_send_request(req))
         };
-        match tokio::time::timeout_at(head_deadline, sending).await {
-            Ok(Ok(response)) => {
+        let outcome = match tokio::time::timeout_at(head_deadline, sending).await {
+            Ok(Ok(response)) => Outcome::Answered(response),
+            Ok(Err(mut err)) => {
+                pooled.set_close_reason(CloseReason::Error);
+                match err.take_message() {
+                    Some(unsent) => {
+                        *outgoing = Some(unsent);
+                        Outcome::Unsent(SendError::Unsent(err.into_error()))
+                    }
+                    None => {
+                        let err = err.into_error();
+                        if connection_broke(&err) {
+                            Outcome::Broke(SendError::Sent(err))
+                        } else {
+                            Outcome::Failed(SendError::Sent(err))
+                        }
+                    }
+                }
+            }
+            Err(_elapsed) => {
+                pooled.set_close_reason(CloseReason::Timeout);
+                Outcome::Failed(SendError::Elapsed)
+            }
+        };
+        let peer = pooled.conn().peer;
+        match judge(outcome, tried) {
+            Attempt::Done(response) => {
                 return Ok(Sent {
                     response,
                     pooled,
@@ -88,67 +127,107 @@ pub async fn send(
                     deadline,
                 });
             }
-            Ok(Err(mut err)) => {
-                pooled.set_close_reason(CloseReason::Error);
-                let reused = pooled.is_reused();
+            Attempt::SendAgain(reason, cause) => {
                 drop(pooled);
-                if attempt == 0 {
-                    if let Some(unsent) = err.take_message() {
-                        upstream.pool.metrics().retried(RetryReason::Unsent);
-                        tracing::debug!(upstream = %upstream.name, error = %err.error(), "request was not sent; sending it on a new connection");
-                        *outgoing = Some(unsent);
-                        retried = Some(RetryReason::Unsent);
-                        fresh = true;
-                        continue;
-                    }
-                    if let Some(again) = replay
-                        && connection_broke(err.error())
-                    {
-                        upstream.pool.metrics().retried(RetryReason::Idempotent);
-                        tracing::debug!(upstream = %upstream.name, error = %err.error(), "reused connection failed before a response; re-sending the idempotent request on a new connection");
-                        *outgoing = Some(*again);
-                        retried = Some(RetryReason::Idempotent);
-                        fresh = true;
-                        continue;
-                    }
+                upstream.pool.metrics().retried(reason);
+                tracing::debug!(upstream = %upstream.name, %peer, reason = reason.as_str(), error = %cause, "the request is sent again on a new connection");
+                if reason == RetryReason::Idempotent {
+                    *outgoing = replay.map(|again| *again);
                 }
-                return Err(Failed {
-                    error: sent_failure(upstream, err.error(), reused),
-                    queue_wait,
-                });
+                retried = Some(reason);
+                new_only = true;
             }
-            Err(_elapsed) => {
-                pooled.set_close_reason(CloseReason::Timeout);
+            Attempt::Fail(cause) => {
                 drop(pooled);
-                let error = if Instant::now() >= deadline {
-                    ProxyError::new(
-                        ErrorKind::RequestTimeout,
-                        format!(
-                            "no response within request_timeout ({:?}); the request may have reached the upstream and was not re-sent",
-                            limits.request_timeout
-                        ),
-                    )
-                } else {
-                    ProxyError::new(
-                        ErrorKind::ReadTimeout,
-                        format!(
-                            "no response within read_timeout ({:?}); the request may have reached the upstream and was not re-sent",
-                            limits.read_timeout
-                        ),
-                    )
-                };
                 return Err(Failed {
-                    error: error.with_upstream(&upstream.name),
+                    error: failure(upstream, cause, tried.reused, peer, deadline),
                     queue_wait,
                 });
             }
         }
     }
-    Err(Failed {
-        error: ProxyError::new(ErrorKind::UpstreamFailed, "the request could not be sent")
-            .with_upstream(&upstream.name),
-        queue_wait,
-    })
+}
+
+/// What the re-send rule needs to know about an attempt, besides how it ended.
+#[derive(Debug, Clone, Copy)]
+struct Tried {
+    /// No re-send has happened yet (there is at most one).
+    first: bool,
+    /// It went out on a connection that had carried a request before.
+    reused: bool,
+    /// A GET, HEAD or OPTIONS without a body.
+    replayable: bool,
+}
+
+impl Tried {
+    /// True when a connection that breaks would let this request be sent again, so a copy of
+    /// it must be kept.
+    fn may_replay(self) -> bool {
+        self.first && self.reused && self.replayable
+    }
+}
+
+/// How one attempt ended, as the re-send rule sees it. `E` is the failure, kept for the
+/// error message (or the debug line of a re-send).
+#[derive(Debug)]
+enum Outcome<R, E> {
+    /// The response head arrived.
+    Answered(R),
+    /// hyper handed the request back: not one byte of it left the process.
+    Unsent(E),
+    /// The connection closed or reset before the response head arrived; the request may
+    /// have reached the upstream.
+    Broke(E),
+    /// Anything else (a response that breaks HTTP, the client's body failing, a timeout):
+    /// the request may have reached the upstream.
+    Failed(E),
+}
+
+/// What to do after one attempt.
+#[derive(Debug, PartialEq)]
+enum Attempt<R, E> {
+    /// Pass the response on.
+    Done(R),
+    /// Send the request again, on a new connection.
+    SendAgain(RetryReason, E),
+    /// Answer with an error made from the failure.
+    Fail(E),
+}
+
+/// The re-send rule: an unsent request, or a bodiless GET, HEAD or OPTIONS whose reused
+/// connection broke before the response head, is sent once more; nothing else is, and nothing
+/// is sent a third time.
+fn judge<R, E>(outcome: Outcome<R, E>, tried: Tried) -> Attempt<R, E> {
+    match outcome {
+        Outcome::Answered(response) => Attempt::Done(response),
+        Outcome::Unsent(cause) if tried.first => Attempt::SendAgain(RetryReason::Unsent, cause),
+        Outcome::Broke(cause) if tried.may_replay() => {
+            Attempt::SendAgain(RetryReason::Idempotent, cause)
+        }
+        Outcome::Unsent(cause) | Outcome::Broke(cause) | Outcome::Failed(cause) => {
+            Attempt::Fail(cause)
+        }
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug)]
+enum SendError {
+    /// hyper handed the request back unsent.
+    Unsent(hyper::Error),
+    /// The request, or part of it, may have been written.
+    Sent(hyper::Error),
+    /// No response head before `read_timeout` or the request deadline.
+    Elapsed,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Unsent(err) | SendError::Sent(err) => write!(f, "{err}"),
+            SendError::Elapsed => f.write_str("no response head in time"),
+        }
+    }
 }
 
 /// A connection ready to carry a request, and how long the caller queued for it.
@@ -230,14 +309,22 @@ async fn open(
         .connect(upstream.limits.connect_timeout)
         .await
         .map_err(|err| err.into_proxy_error(&upstream.name))?;
+    // The port comes from the socket: the connector knows it, but only the address travels
+    // with the connection. Failing here means the peer is already gone; the handshake says so.
+    let peer = match &connected.stream {
+        UpstreamStream::Plain(tcp) => tcp.peer_addr(),
+        UpstreamStream::Tls(tls) => tls.get_ref().0.peer_addr(),
+    }
+    .unwrap_or(SocketAddr::new(connected.peer, 0));
     let (send, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(connected.stream))
         .await
         .map_err(|err| {
             ProxyError::new(
                 ErrorKind::UpstreamFailed,
-                format!("HTTP/1.1 setup failed: {err}"),
+                format!("HTTP/1.1 setup failed with {peer}: {err}; nothing was sent"),
             )
+            .with_cause(err)
             .with_upstream(&upstream.name)
         })?;
     let id = slot.id();
@@ -254,7 +341,7 @@ async fn open(
     upstream.pool.metrics().connection_opened(connected.took);
     Ok(slot.established(UpstreamConn {
         send,
-        peer: connected.peer,
+        peer,
         addresses: upstream.connector.addresses().cloned(),
         epoch: AtomicU64::new(connected.epoch),
     }))
@@ -280,27 +367,72 @@ fn connection_broke(err: &hyper::Error) -> bool {
     !(err.is_parse() || err.is_timeout() || err.is_user())
 }
 
-fn sent_failure(upstream: &Upstream, err: &hyper::Error, reused: bool) -> ProxyError {
-    let client_body = std::iter::successors(std::error::Error::source(err), |e| e.source())
-        .find_map(|e| e.downcast_ref::<ClientBodyError>());
-    if let Some(body) = client_body {
-        return ProxyError::new(
-            ErrorKind::BadRequest,
-            format!("{body}; the upstream got an incomplete request, which was not re-sent"),
+/// The error answered for a failed attempt; `peer` is the address the connection went to.
+fn failure(
+    upstream: &Upstream,
+    cause: SendError,
+    reused: bool,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> ProxyError {
+    let limits = &upstream.limits;
+    let conn = if reused { "a reused" } else { "a new" };
+    let error = match cause {
+        SendError::Elapsed if Instant::now() >= deadline => ProxyError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "no response from {peer} within request_timeout ({:?}); the request may have reached the upstream and was not re-sent",
+                limits.request_timeout
+            ),
+        ),
+        SendError::Elapsed => ProxyError::new(
+            ErrorKind::ReadTimeout,
+            format!(
+                "no response from {peer} within read_timeout ({:?}); the request may have reached the upstream and was not re-sent",
+                limits.read_timeout
+            ),
+        ),
+        SendError::Unsent(err) => ProxyError::new(
+            ErrorKind::UpstreamFailed,
+            format!(
+                "{conn} connection to {peer} closed before the request was written ({}); nothing was sent on it, and the request is sent again at most once",
+                chain(&err)
+            ),
         )
-        .with_upstream(&upstream.name);
-    }
+        .with_cause(err),
+        SendError::Sent(err) => {
+            let client_body = std::iter::successors(std::error::Error::source(&err), |e| e.source())
+                .find_map(|e| e.downcast_ref::<ClientBodyError>());
+            let error = match client_body {
+                Some(body) => ProxyError::new(
+                    ErrorKind::BadRequest,
+                    format!("{body}; the upstream got an incomplete request, which was not re-sent"),
+                ),
+                None => ProxyError::new(
+                    ErrorKind::UpstreamFailed,
+                    format!(
+                        "{conn} connection to {peer} failed after the request was sent ({}); it may have reached the upstream, so it was not re-sent",
+                        chain(&err)
+                    ),
+                ),
+            };
+            error.with_cause(err)
+        }
+    };
+    error.with_upstream(&upstream.name)
+}
+
+/// An error and its causes, joined with `: ` (hyper's own text is only the outermost layer).
+fn chain(err: &dyn std::error::Error) -> String {
     let mut detail = err.to_string();
-    let mut source = std::error::Error::source(err);
+    let mut source = err.source();
     while let Some(cause) = source {
         detail.push_str(": ");
         detail.push_str(&cause.to_string());
         source = cause.source();
     }
-    let conn = if reused { "a reused" } else { "a new" };
-    ProxyError::new(
-        ErrorKind::UpstreamFailed,
-        format!("{conn} connection failed after the request was sent ({detail}); it may have reached the upstream, so it was not re-sent"),
-    )
-    .with_upstream(&upstream.name)
+    detail
 }
+
+#[cfg(test)]
+mod tests;

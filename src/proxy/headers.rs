@@ -143,36 +143,52 @@ pub fn is_secret_header(name: &str) -> bool {
 }
 
 /// True for query parameters whose values are credentials (`signature`, `sign`, keys, tokens,
-/// passphrases, auth), matched case-insensitively on the name as the exchange decodes it, so
-/// `%73ignature` is `signature` too.
+/// passphrases, auth), matched case-insensitively on the name as the exchange decodes it:
+/// `%73ignature` is `signature`, and so is a name encoded twice (up to four times).
 ///
-/// Runs for every parameter of every logged request: one pass over the name's bytes, no
-/// allocation, no substring searcher.
+/// Runs for every parameter of every logged request: stack buffers only, no allocation, no
+/// substring searcher.
 fn is_secret_param(name: &[u8]) -> bool {
-    let mut decoded = [0u8; 64];
-    let mut len = 0;
-    let mut i = 0;
-    while i < name.len() {
-        let byte = match (name[i], name.get(i + 1..i + 3)) {
-            (b'%', Some(&[hi, lo])) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
-                i += 2;
-                hex(hi) << 4 | hex(lo)
-            }
-            (b'+', _) => b' ',
-            (byte, _) => byte,
-        };
-        i += 1;
-        if len == decoded.len() {
-            // A name this long is nobody's field name: redact rather than look further.
+    const MAX: usize = 64;
+    if name.len() > MAX {
+        // A name this long is nobody's field name: redact rather than look further.
+        return true;
+    }
+    let mut buffers = [[0u8; MAX]; 2];
+    buffers[0][..name.len()].copy_from_slice(name);
+    let (mut current, mut len) = (0, name.len());
+    for _ in 0..4 {
+        let text = &mut buffers[current][..len];
+        text.make_ascii_lowercase();
+        if has_secret_part(text) {
             return true;
         }
-        decoded[len] = byte.to_ascii_lowercase();
-        len += 1;
+        if !text.iter().any(|&b| b == b'%' || b == b'+') {
+            return false;
+        }
+        let [first, second] = &mut buffers;
+        let (from, to) = if current == 0 {
+            (&first[..len], &mut second[..])
+        } else {
+            (&second[..len], &mut first[..])
+        };
+        let decoded = percent_decode_into(from, to);
+        if decoded == len && from == &to[..len] {
+            return false;
+        }
+        len = decoded;
+        current ^= 1;
     }
-    let decoded = &decoded[..len];
-    // The parts "sign", "secret", "key", "token", "pass", "auth", looked up by first letter.
-    (0..len).any(|at| {
-        let rest = &decoded[at..];
+    let text = &mut buffers[current][..len];
+    text.make_ascii_lowercase();
+    has_secret_part(text)
+}
+
+/// Whether a lowercase name contains "sign", "secret", "key", "token", "pass" or "auth",
+/// looked up by first letter.
+fn has_secret_part(name: &[u8]) -> bool {
+    (0..name.len()).any(|at| {
+        let rest = &name[at..];
         match rest[0] {
             b's' => rest.starts_with(b"sign") || rest.starts_with(b"secret"),
             b'k' => rest.starts_with(b"key"),
@@ -182,6 +198,26 @@ fn is_secret_param(name: &[u8]) -> bool {
             _ => false,
         }
     })
+}
+
+/// Decodes `%XX` escapes (and `+` as a space, as form encoding does) from `from` into `to`
+/// (at least as long); an invalid escape stays as it is. Returns the decoded length.
+fn percent_decode_into(from: &[u8], to: &mut [u8]) -> usize {
+    let (mut i, mut len) = (0, 0);
+    while i < from.len() {
+        let byte = match (from[i], from.get(i + 1..i + 3)) {
+            (b'%', Some(&[hi, lo])) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
+                i += 2;
+                (hex(hi) << 4) | hex(lo)
+            }
+            (b'+', _) => b' ',
+            (byte, _) => byte,
+        };
+        i += 1;
+        to[len] = byte;
+        len += 1;
+    }
+    len
 }
 
 fn hex(digit: u8) -> u8 {
@@ -199,7 +235,9 @@ fn param_name(pair: &[u8]) -> &[u8] {
         .map_or(pair, |end| &pair[..end])
 }
 
-/// The path and query with secret query parameter values replaced by `REDACTED`.
+/// The path and query with secret query parameter values replaced by `REDACTED`, for logs
+/// only: names are matched percent-decoded but written as they came, and what is forwarded is
+/// never touched.
 ///
 /// ```
 /// assert_eq!(
@@ -367,6 +405,11 @@ mod tests {
             "/o?%73ignature=REDACTED&%53IGN=REDACTED&api%4Bey=REDACTED&x=%73ignature"
         );
         assert_eq!(redact_path("/o?pass+phrase=1"), "/o?pass+phrase=REDACTED");
+        assert_eq!(
+            redact_path("/o?%2573ignature=1&%25%37%33ign=2"),
+            "/o?%2573ignature=REDACTED&%25%37%33ign=REDACTED",
+            "encoded twice"
+        );
         assert!(matches!(redact_path("/o?q=%zz&p=%4"), Cow::Borrowed(_)));
         let long = format!("/o?{}=1", "n".repeat(100));
         assert!(

@@ -19,7 +19,7 @@ mod route;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,8 +50,9 @@ use route::Routes;
 /// A kept-alive HTTP/1.1 client connection to an upstream, as held by the pool.
 pub struct UpstreamConn {
     send: SendRequest<RequestBody>,
-    /// The address it goes to, checked against the upstream's DNS answer.
-    peer: IpAddr,
+    /// The address it goes to (its IP checked against the upstream's DNS answer, and named
+    /// in error messages).
+    peer: SocketAddr,
     /// `None` when the upstream's address is fixed.
     addresses: Option<Arc<Addresses>>,
     /// The address epoch at which `peer` was last known to be current.
@@ -71,7 +72,7 @@ impl Poolable for UpstreamConn {
         if now == self.epoch.load(Ordering::Relaxed) {
             return false;
         }
-        let current = addresses.contains(self.peer);
+        let current = addresses.contains(self.peer.ip());
         if current {
             self.epoch.store(now, Ordering::Relaxed);
         }

@@ -340,3 +340,33 @@ async fn ambiguous_framing_is_never_forwarded_ambiguously() {
         got[0].headers
     );
 }
+
+#[tokio::test]
+async fn upstream_failed_names_the_address_and_never_the_query() {
+    let upstream = TestUpstream::builder()
+        .handler(|_| Reply::Reset)
+        .start()
+        .await;
+    let sidepool = Sidepool::for_upstream(&upstream, "").await;
+    let (status, headers, body) = send_fresh(
+        sidepool.proxy,
+        request("POST", "/ex/order?signature=SECRET-SIG", "order"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["x-sidepool-error"], "upstream_failed");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "a new connection to 127.0.0.1:{}",
+            upstream.port()
+        )),
+        "{message}"
+    );
+    assert!(
+        !message.contains("SECRET") && !message.contains('?'),
+        "{message}"
+    );
+    assert_eq!(upstream.stats().requests, 1, "sent once, never again");
+}
