@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use super::raw::{
-    RawConfig, RawDns, RawListen, RawLog, RawPool, RawRuntime, RawTls, RawUpstream, WithLimits,
+    RawConfig, RawDns, RawIntercept, RawListen, RawLog, RawPool, RawRuntime, RawTls, RawUpstream,
+    WithLimits,
 };
 use super::url::redact_url;
 use super::{Config, LogFormat};
@@ -65,6 +66,10 @@ impl Config {
             },
             runtime: RawRuntime {
                 busy_poll: self.runtime.busy_poll.unwrap_or(Duration::ZERO),
+            },
+            intercept: RawIntercept {
+                enabled: self.intercept.enabled,
+                ca_dir: self.intercept.ca_dir.clone(),
             },
             upstreams,
         };

@@ -61,6 +61,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[runtime]`.
     pub runtime: RuntimeConfig,
+    /// `[intercept]`.
+    pub intercept: InterceptConfig,
     /// Settings that are valid but deserve attention (a listener off loopback), one line
     /// each: `sidepool check` prints them, `run` logs them at start.
     pub warnings: Vec<ConfigProblem>,
@@ -138,6 +140,17 @@ pub struct RuntimeConfig {
     /// After each request event, keep polling for network events this long instead of
     /// sleeping (lower latency, one busy core per worker while polling); `None`: off.
     pub busy_poll: Option<Duration>,
+}
+
+/// `[intercept]`: CONNECT interception with a local CA, off by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterceptConfig {
+    /// Terminate the client's TLS inside `CONNECT` to a configured upstream; `false`: CONNECT
+    /// other than to port 80 is refused.
+    pub enabled: bool,
+    /// Holds `ca.pem` and `ca.key`, made on first start when absent. Not read or checked at
+    /// load: the interception module owns the files.
+    pub ca_dir: PathBuf,
 }
 
 /// Longest `runtime.busy_poll` accepted: beyond it the window never closes under steady

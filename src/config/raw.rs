@@ -68,6 +68,14 @@ pub(super) struct RawRuntime {
     pub busy_poll: Duration,
 }
 
+/// `[intercept]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIntercept {
+    pub enabled: bool,
+    pub ca_dir: PathBuf,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +105,7 @@ pub(super) struct RawConfig<P> {
     pub tls: RawTls,
     pub log: RawLog,
     pub runtime: RawRuntime,
+    pub intercept: RawIntercept,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub upstreams: BTreeMap<String, WithLimits<RawUpstream>>,
 }
@@ -109,6 +118,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "tls",
     "log",
     "runtime",
+    "intercept",
     "upstreams",
 ];
 
@@ -142,6 +152,10 @@ pub(super) fn defaults() -> RawConfig<WithLimits<RawPool>> {
         },
         runtime: RawRuntime {
             busy_poll: Duration::ZERO,
+        },
+        intercept: RawIntercept {
+            enabled: false,
+            ca_dir: PathBuf::from("/var/lib/sidepool/ca"),
         },
         upstreams: BTreeMap::new(),
     }

@@ -13,11 +13,13 @@ use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 use super::limits::{AT_LEAST_ONE, POSITIVE};
 use super::load::{Key, Loader, key};
-use super::raw::{self, RawDns, RawListen, RawLog, RawPool, RawRuntime, RawTls, RawUpstream};
+use super::raw::{
+    self, RawDns, RawIntercept, RawListen, RawLog, RawPool, RawRuntime, RawTls, RawUpstream,
+};
 use super::url::{SocketAddrText, parse_nameserver, parse_upstream_url};
 use super::{
-    Config, DnsConfig, Limits, ListenConfig, LogConfig, LogFormat, MAX_BUSY_POLL, RuntimeConfig,
-    TlsConfig, UpstreamConfig,
+    Config, DnsConfig, InterceptConfig, Limits, ListenConfig, LogConfig, LogFormat, MAX_BUSY_POLL,
+    RuntimeConfig, TlsConfig, UpstreamConfig,
 };
 
 impl Loader {
@@ -33,6 +35,9 @@ impl Loader {
         let runtime = self
             .section::<RawRuntime>("runtime")
             .and_then(|r| self.runtime(r));
+        let intercept = self
+            .section::<RawIntercept>("intercept")
+            .and_then(|i| self.intercept(i));
         let upstreams = self.upstreams(pool.as_ref());
         let (max_connections, _) = pool?;
         Some(Config {
@@ -43,6 +48,7 @@ impl Loader {
             tls: tls?,
             log: log?,
             runtime: runtime?,
+            intercept: intercept?,
             warnings: Vec::new(),
             notes: Vec::new(),
         })
@@ -223,6 +229,20 @@ impl Loader {
         }
         Some(RuntimeConfig {
             busy_poll: (!raw.busy_poll.is_zero()).then_some(raw.busy_poll),
+        })
+    }
+
+    fn intercept(&mut self, raw: RawIntercept) -> Option<InterceptConfig> {
+        if raw.ca_dir.as_os_str().is_empty() {
+            self.problem(
+                key(&["intercept", "ca_dir"]),
+                "must not be empty; give the folder for ca.pem and ca.key, e.g. \"/var/lib/sidepool/ca\"",
+            );
+            return None;
+        }
+        Some(InterceptConfig {
+            enabled: raw.enabled,
+            ca_dir: raw.ca_dir,
         })
     }
 

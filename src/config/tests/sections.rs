@@ -382,3 +382,42 @@ fn redact_url_hides_userinfo_only() {
     );
     assert_eq!(redact_url("https://h.example/a@b"), "https://h.example/a@b");
 }
+
+#[test]
+fn intercept_is_off_by_default_and_shown_in_the_dump() {
+    let default = Config::from_toml_str(MINIMAL).expect("valid");
+    assert_eq!(
+        default.intercept,
+        InterceptConfig {
+            enabled: false,
+            ca_dir: "/var/lib/sidepool/ca".into(),
+        }
+    );
+    assert!(
+        default
+            .to_toml()
+            .contains("[intercept]\nenabled = false\nca_dir = \"/var/lib/sidepool/ca\"\n"),
+        "{}",
+        default.to_toml()
+    );
+    let on = Config::from_toml_str(&format!(
+        "[intercept]\nenabled = true\nca_dir = \"ca-here\"\n{MINIMAL}"
+    ))
+    .expect("valid");
+    assert!(on.intercept.enabled);
+    assert_eq!(on.intercept.ca_dir, std::path::PathBuf::from("ca-here"));
+    let again = Config::from_toml_str(&on.to_toml()).expect("the dump loads");
+    assert_eq!(again.intercept, on.intercept);
+    let ps = problems(&format!("[intercept]\nca_dir = \"\"\n{MINIMAL}"));
+    assert!(
+        one(&ps, "intercept.ca_dir")
+            .message
+            .contains("must not be empty")
+    );
+    let ps = problems(&format!("[intercept]\nenable = true\n{MINIMAL}"));
+    assert!(
+        one(&ps, "intercept.enable")
+            .message
+            .contains("unknown field")
+    );
+}
