@@ -20,7 +20,7 @@ impl Poolable for Conn {
 const CAPS: [usize; 3] = [3, 2, 4];
 const GLOBAL: usize = 5;
 const TASKS: u64 = 12;
-const ROUNDS: u64 = 300;
+const ROUNDS: u64 = 1500;
 
 /// A small deterministic generator per task (xorshift), so a failure replays alike per seed.
 fn next(seed: &mut u64) -> u64 {
