@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sidepool::metrics::Metrics;
-use sidepool::pool::{Acquired, Pool, PoolLimits, PoolSet, Poolable, Pooled};
+use sidepool::pool::{Acquired, Pool, PoolLimits, PoolSet, Poolable, Pooled, Want};
 
 /// A connection that never closes: the pool is measured, not I/O.
 struct Conn;
@@ -47,7 +47,7 @@ fn pool(cap: usize) -> (PoolSet<Conn>, Arc<Pool<Conn>>) {
 }
 
 async fn get(pool: &Arc<Pool<Conn>>) -> Pooled<Conn> {
-    match pool.checkout(false).await.expect("checkout within 5 s") {
+    match pool.checkout(Want::Any).await.expect("checkout within 5 s") {
         Acquired::Reused(pooled) => pooled,
         Acquired::Connect(connecting) => connecting.established(Conn),
     }
@@ -79,7 +79,7 @@ fn uncontended(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    match reuse.checkout(false).await {
+                    match reuse.checkout(Want::Any).await {
                         Ok(Acquired::Reused(pooled)) => black_box(pooled).release(),
                         _ => unreachable!("an idle connection is always there"),
                     }
@@ -95,7 +95,7 @@ fn uncontended(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    match empty.checkout(false).await {
+                    match empty.checkout(Want::Any).await {
                         Ok(Acquired::Connect(connecting)) => drop(connecting.established(Conn)),
                         _ => unreachable!("the pool has no idle connection"),
                     }

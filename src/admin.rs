@@ -1,6 +1,7 @@
 //! The admin listener: `GET /metrics` (Prometheus text), `/healthz` (the process serves) and
 //! `/readyz` (config loaded and listeners bound; 503 while draining). Reads metrics and the
-//! readiness flag; never writes pool state.
+//! readiness flag; never writes pool state. A scrape holds every pool's lock for the moment it
+//! takes to copy four counts each (see `Metrics::render`).
 
 use std::convert::Infallible;
 use std::future::Future;

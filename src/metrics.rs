@@ -3,15 +3,22 @@
 //! Every metric name lives here, once. Handles are registered up front (per upstream, per label
 //! value) so the hot path only touches atomics: no registry lookup, no label allocation. Each
 //! sidepool instance owns its recorder instead of installing a global one, so several instances
-//! (tests) never share series. Only `pool` writes the pool gauges.
+//! (tests) never share series.
+//!
+//! The four pool gauges (active, idle, connecting, waiting) are not in the registry: nothing can
+//! set them. A scrape reads them from the pools themselves ([`PoolGaugeSource`]), all pools of a
+//! set in one consistent snapshot, and appends them to the registry's text, so every scrape shows
+//! counts that existed together (within every cap) rather than four values read at different
+//! moments.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::error::ErrorKind;
+use crate::pool::PoolCounts;
 
 /// Gauge: connections carrying a request now.
 pub const CONNECTIONS_ACTIVE: &str = "http_pool_connections_active";
@@ -146,10 +153,49 @@ pub enum DnsResult {
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The four pool gauges in the order a snapshot lists them, with their descriptions.
+const POOL_GAUGES: [(&str, &str); 4] = [
+    (
+        CONNECTIONS_ACTIVE,
+        "Upstream connections carrying a request now.",
+    ),
+    (
+        CONNECTIONS_IDLE,
+        "Open kept-alive upstream connections waiting for reuse.",
+    ),
+    (
+        CONNECTIONS_CONNECTING,
+        "Upstream handshakes (DNS + TCP + TLS) in progress; they count toward the caps.",
+    ),
+    (
+        REQUESTS_WAITING,
+        "Requests queued for a free upstream connection.",
+    ),
+];
+
+/// Where a scrape reads the pool gauges: a set of pools, implemented by `pool` only.
+pub trait PoolGaugeSource: Send + Sync {
+    /// Appends `(upstream, counts)` for every pool, all read in one consistent cut.
+    fn snapshot(&self, out: &mut Vec<(Arc<str>, PoolCounts)>);
+}
+
+/// The pool sets a scrape reads, in the order they attached.
+type PoolSources = Arc<Mutex<Vec<Weak<dyn PoolGaugeSource>>>>;
+
+fn lock_sources(
+    sources: &PoolSources,
+) -> std::sync::MutexGuard<'_, Vec<Weak<dyn PoolGaugeSource>>> {
+    // The list is only pushed to and read: a panic elsewhere cannot leave it inconsistent.
+    sources
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The metrics of one sidepool instance: its own recorder and the handle that renders it.
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    pool_sources: PoolSources,
     /// Errors for requests that matched no upstream (label `upstream=""`).
     unrouted: UpstreamMetrics,
     /// Open client connections (changed by increments, so concurrent updates never reorder).
@@ -166,6 +212,7 @@ impl Metrics {
             .expect("the bucket list is a non-empty constant")
             .build_recorder();
         let handle = recorder.handle();
+        let pool_sources = PoolSources::default();
         let (unrouted, client_connections, busy_poll_threads) =
             metrics::with_local_recorder(&recorder, || {
                 describe_all();
@@ -175,7 +222,7 @@ impl Metrics {
                 let busy_poll_threads = metrics::gauge!(BUSY_POLL_THREADS);
                 busy_poll_threads.set(0.0);
                 (
-                    UpstreamMetrics::register_unrouted(),
+                    UpstreamMetrics::register_unrouted(pool_sources.clone()),
                     client_connections,
                     busy_poll_threads,
                 )
@@ -183,6 +230,7 @@ impl Metrics {
         Arc::new(Metrics {
             recorder,
             handle,
+            pool_sources,
             unrouted,
             client_connections,
             busy_poll_threads,
@@ -192,7 +240,7 @@ impl Metrics {
     /// Registers (or returns again) every series of one upstream.
     pub fn upstream(&self, name: &Arc<str>, limit: usize) -> UpstreamMetrics {
         metrics::with_local_recorder(&self.recorder, || {
-            UpstreamMetrics::register(name.clone(), limit)
+            UpstreamMetrics::register(name.clone(), limit, self.pool_sources.clone())
         })
     }
 
@@ -218,10 +266,20 @@ impl Metrics {
         &self.busy_poll_threads
     }
 
-    /// Prometheus text format 0.0.4.
+    /// Prometheus text format 0.0.4: the registry, then the pool gauges from one snapshot of
+    /// each attached pool set, taken now.
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
         let mut text = self.handle.render();
+        let mut counts = Vec::new();
+        let sources: Vec<_> = lock_sources(&self.pool_sources)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for source in sources {
+            source.snapshot(&mut counts);
+        }
+        render_pool_gauges(&mut text, &counts);
         // Kept by the log writer, which is process-wide and outlives any one recorder.
         let _ = write!(
             text,
@@ -241,10 +299,8 @@ impl Metrics {
 /// Handles for one upstream's series, registered once; cloning shares the same series.
 #[derive(Clone)]
 pub struct UpstreamMetrics {
-    pub(crate) active: Gauge,
-    pub(crate) idle: Gauge,
-    pub(crate) connecting: Gauge,
-    pub(crate) waiting: Gauge,
+    /// Where this upstream's pool attaches itself, so a scrape reads its gauges.
+    pool_sources: PoolSources,
     opened: Counter,
     reused: Counter,
     closed: [Counter; CloseReason::ALL.len()],
@@ -258,14 +314,11 @@ pub struct UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
-    fn register(name: Arc<str>, limit: usize) -> UpstreamMetrics {
+    fn register(name: Arc<str>, limit: usize, pool_sources: PoolSources) -> UpstreamMetrics {
         let label = move || name.clone();
         metrics::gauge!(CONNECTIONS_LIMIT, "upstream" => label()).set(limit as f64);
         UpstreamMetrics {
-            active: metrics::gauge!(CONNECTIONS_ACTIVE, "upstream" => label()),
-            idle: metrics::gauge!(CONNECTIONS_IDLE, "upstream" => label()),
-            connecting: metrics::gauge!(CONNECTIONS_CONNECTING, "upstream" => label()),
-            waiting: metrics::gauge!(REQUESTS_WAITING, "upstream" => label()),
+            pool_sources,
             opened: metrics::counter!(CONNECTIONS_OPENED, "upstream" => label()),
             reused: metrics::counter!(CONNECTIONS_REUSED, "upstream" => label()),
             closed: CloseReason::ALL.map(|reason| {
@@ -289,13 +342,10 @@ impl UpstreamMetrics {
 
     /// Only the request series, labelled `upstream=""`: requests that matched no upstream have
     /// no pool, so they get no pool gauges or connection counters.
-    fn register_unrouted() -> UpstreamMetrics {
+    fn register_unrouted(pool_sources: PoolSources) -> UpstreamMetrics {
         let label = || "";
         UpstreamMetrics {
-            active: Gauge::noop(),
-            idle: Gauge::noop(),
-            connecting: Gauge::noop(),
-            waiting: Gauge::noop(),
+            pool_sources,
             opened: Counter::noop(),
             reused: Counter::noop(),
             closed: CloseReason::ALL.map(|_| Counter::noop()),
@@ -310,6 +360,15 @@ impl UpstreamMetrics {
             request_duration: metrics::histogram!(REQUEST_DURATION, "upstream" => label()),
             queue_wait: Histogram::noop(),
             connect_duration: Histogram::noop(),
+        }
+    }
+
+    /// Makes a scrape read this upstream's pool gauges from `source` (once per source).
+    pub(crate) fn attach_pool_gauges(&self, source: &Weak<dyn PoolGaugeSource>) {
+        let mut sources = lock_sources(&self.pool_sources);
+        sources.retain(|s| s.strong_count() > 0);
+        if !sources.iter().any(|s| Weak::ptr_eq(s, source)) {
+            sources.push(source.clone());
         }
     }
 
@@ -358,24 +417,30 @@ impl UpstreamMetrics {
     }
 }
 
+/// Appends the four pool gauge families (HELP, TYPE, one line per pool), in the exporter's
+/// format.
+fn render_pool_gauges(text: &mut String, counts: &[(Arc<str>, PoolCounts)]) {
+    use metrics_exporter_prometheus::formatting::{
+        sanitize_label_value, write_help_line, write_type_line,
+    };
+    use std::fmt::Write;
+    if counts.is_empty() {
+        return;
+    }
+    for (i, (name, help)) in POOL_GAUGES.iter().enumerate() {
+        write_help_line(text, name, None, None, help);
+        write_type_line(text, name, None, None, "gauge");
+        for (upstream, c) in counts {
+            let value = [c.active, c.idle, c.connecting, c.waiting][i];
+            let upstream = sanitize_label_value(upstream);
+            let _ = writeln!(text, "{name}{{upstream=\"{upstream}\"}} {value}");
+        }
+        text.push('\n');
+    }
+}
+
 fn describe_all() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!(
-        CONNECTIONS_ACTIVE,
-        "Upstream connections carrying a request now."
-    );
-    describe_gauge!(
-        CONNECTIONS_IDLE,
-        "Open kept-alive upstream connections waiting for reuse."
-    );
-    describe_gauge!(
-        CONNECTIONS_CONNECTING,
-        "Upstream handshakes (DNS + TCP + TLS) in progress; they count toward the caps."
-    );
-    describe_gauge!(
-        REQUESTS_WAITING,
-        "Requests queued for a free upstream connection."
-    );
     describe_gauge!(
         CONNECTIONS_LIMIT,
         "Configured cap on open connections to this upstream."
@@ -460,12 +525,36 @@ mod tests {
         let b = Metrics::new(100);
         let name: Arc<str> = Arc::from("bybit");
         let m = a.upstream(&name, 30);
-        m.active.set(3.0);
+        struct Fixed;
+        impl PoolGaugeSource for Fixed {
+            fn snapshot(&self, out: &mut Vec<(Arc<str>, PoolCounts)>) {
+                let counts = PoolCounts {
+                    active: 3,
+                    idle: 1,
+                    connecting: 0,
+                    waiting: 2,
+                };
+                out.push((Arc::from("bybit"), counts));
+            }
+        }
+        let source: Arc<dyn PoolGaugeSource> = Arc::new(Fixed);
+        m.attach_pool_gauges(&Arc::downgrade(&source));
+        m.attach_pool_gauges(&Arc::downgrade(&source));
         m.connection_closed(CloseReason::Evicted);
         m.request_done(204, Duration::from_millis(3));
         let text = a.render();
         assert!(
             text.contains("http_pool_connections_active{upstream=\"bybit\"} 3"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("http_pool_connections_active{").count(),
+            1,
+            "a source attached twice is read once: {text}"
+        );
+        assert!(
+            text.contains("# TYPE http_pool_requests_waiting gauge\n")
+                && text.contains("http_pool_requests_waiting{upstream=\"bybit\"} 2\n"),
             "{text}"
         );
         assert!(
@@ -483,6 +572,11 @@ mod tests {
             "{text}"
         );
         assert!(!b.render().contains("upstream=\"bybit\""));
+        drop(source);
+        assert!(
+            !a.render().contains("http_pool_connections_active"),
+            "a pool set that is gone is not rendered"
+        );
         assert!(
             !text.contains("http_pool_connections_active{upstream=\"\"}"),
             "requests that matched no upstream have no pool gauges: {text}"

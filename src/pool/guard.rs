@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Grant, Pool, Poolable};
+use super::state::Grant;
+use super::{Pool, Poolable};
 use crate::metrics::CloseReason;
 
 /// The outcome of a checkout.
@@ -120,6 +121,7 @@ impl<C: Poolable> Pooled<C> {
     pub fn release_at(mut self, now: Instant) {
         if let Some(conn) = self.conn.take() {
             if conn.is_closed() {
+                drop(conn);
                 self.pool.close_active(CloseReason::UpstreamClosed);
             } else if conn.is_retired() {
                 drop(conn);

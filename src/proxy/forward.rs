@@ -25,7 +25,7 @@ use super::{Upstream, UpstreamConn};
 use crate::connect::UpstreamStream;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{CloseReason, RetryReason};
-use crate::pool::{Acquired, CheckoutError, Connecting, Pooled};
+use crate::pool::{Acquired, CheckoutError, Connecting, Pooled, Want};
 
 /// How many dead idle connections a request may skip before it insists on a new one.
 const STALE_SKIPS: usize = 4;
@@ -239,7 +239,10 @@ async fn acquire(
     let mut waited = Duration::ZERO;
     for skip in 0..=STALE_SKIPS {
         let fresh = fresh || skip == STALE_SKIPS;
-        let (acquired, queued) = upstream.pool.checkout_timed(fresh).await;
+        let (acquired, queued) = upstream
+            .pool
+            .checkout_timed(if fresh { Want::NewOnly } else { Want::Any })
+            .await;
         waited += queued;
         let acquired = acquired.map_err(|err| match err {
             CheckoutError::QueueTimeout => {

@@ -136,3 +136,46 @@ async fn client_that_leaves_while_in_flight_releases_the_connection() {
     sidepool.wait_gauges("ex", (0.0, 0.0, 0.0, 0.0)).await;
     upstream.wait_open(0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_scrape_racing_a_load_is_within_the_cap() {
+    let upstream = TestUpstream::builder()
+        .handler(|_| Reply::json(200, "{}").delay(Duration::from_millis(3)))
+        .start()
+        .await;
+    let sidepool = Sidepool::for_upstream(
+        &upstream,
+        "max_connections_per_host = 4\nqueue_timeout = \"10s\"",
+    )
+    .await;
+    let proxy = sidepool.proxy;
+    let load = tokio::spawn(async move {
+        let mut bots = Vec::new();
+        for bot in 0..24 {
+            bots.push(tokio::spawn(async move {
+                for i in 0..8 {
+                    let (status, _, _) = send_fresh(proxy, get(&format!("/ex/b{bot}?i={i}"))).await;
+                    assert_eq!(status, StatusCode::OK);
+                }
+            }));
+        }
+        for bot in bots {
+            bot.await.unwrap();
+        }
+    });
+    let (mut scrapes, mut busy) = (0, 0);
+    while !load.is_finished() {
+        let (active, idle, connecting, waiting) = sidepool.gauges("ex").await;
+        assert!(
+            active + idle + connecting <= 4.0,
+            "scrape {scrapes}: active {active} + idle {idle} + connecting {connecting} > 4"
+        );
+        if active > 0.0 || waiting > 0.0 {
+            busy += 1;
+        }
+        scrapes += 1;
+    }
+    load.await.unwrap();
+    assert!(busy > 0, "no scrape of {scrapes} saw the load");
+    assert!(upstream.stats().max_open <= 4);
+}

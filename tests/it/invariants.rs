@@ -1,5 +1,6 @@
 //! The ARCHITECTURE.md invariants that are about where code may do something, checked over the
-//! source tree: a new file that dials, or a verifier that skips checks, fails here.
+//! source tree: a new file that dials, or a verifier that skips checks, fails here. (That only
+//! the pool writes the pool gauges is the type system's job: they are rendered from pool state.)
 
 use std::path::{Path, PathBuf};
 
@@ -65,23 +66,5 @@ fn no_code_path_skips_certificate_checks() {
     assert!(
         found.is_empty(),
         "a way around certificate checks: {found:#?}"
-    );
-}
-
-#[test]
-fn only_the_pool_writes_the_pool_gauges() {
-    let writes = occurrences(&[
-        ".active.set(",
-        ".idle.set(",
-        ".connecting.set(",
-        ".waiting.set(",
-    ]);
-    let outside: Vec<_> = writes
-        .iter()
-        .filter(|(file, _)| !file.starts_with("src/pool/") && file != "src/metrics.rs")
-        .collect();
-    assert!(
-        outside.is_empty(),
-        "pool gauges written outside the pool: {outside:#?}"
     );
 }
