@@ -28,6 +28,7 @@ pub mod intercept;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod ratelimit;
 pub mod runtime;
 
 use std::future::Future;
