@@ -8,14 +8,20 @@
 //! - [`exchanges`]: Binance, Bybit, OKX, Hyperliquid, Bitunix as data plus small functions.
 //! - [`signals`]: `Retry-After`, HTTP dates, ban bodies, IETF `RateLimit`, JSON codes.
 //! - [`facts`]: what the guard is told and what it concludes.
+//! - [`guard`]: admit / observe per upstream, refuse-or-wait against the deadline.
+//! - [`store`]: the store trait (one atomic step per decision) and the in-memory store.
 
 pub mod budget;
 pub mod class;
 pub mod exchanges;
 pub mod facts;
+pub mod guard;
 pub mod profile;
 pub mod signals;
+pub mod store;
 
+#[cfg(test)]
+mod guard_tests;
 #[cfg(test)]
 mod tests;
 
@@ -28,3 +34,5 @@ pub use profile::{
 
 /// Wall-clock time in milliseconds since the Unix epoch (the exchanges' own time base).
 pub type WallMs = u64;
+pub use guard::{Decision, Reason, Started, Ticket, UpstreamGuard, retry_after_secs};
+pub use store::{MemoryStore, Store, WallClock, system_wall_clock};
