@@ -29,6 +29,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod ratelimit;
 pub mod runtime;
 
 use std::future::Future;

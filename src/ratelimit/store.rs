@@ -1,0 +1,178 @@
+//! Where budgets, cooldowns and holds live. The guard makes one [`Store::decide`] call per
+//! decision and one [`Store::record`] per answer, with durations rather than instants, so a
+//! shared store can take time from its own server clock and do each call as one atomic
+//! server-side step (a Redis Lua script), lease budget slices locally, and fall back to a
+//! local share when it is down, all behind this trait and without changing the guard.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::WallMs;
+
+/// One decision asked of the store.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The upstream's key (the `[rate_limit] key` and upstream name).
+    pub upstream: &'a str,
+    /// The endpoint's key (method + path).
+    pub endpoint: &'a str,
+    /// Weight to spend, with the budget's window length and effective limit, when there is one.
+    pub spend: Option<(u32, u64, u32)>,
+}
+
+/// The store's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Spent (if asked) in this window index.
+    Go {
+        /// The budget window the weight was counted in.
+        window: Option<u64>,
+    },
+    /// The upstream cools down for this long still.
+    Cooldown(Duration),
+    /// The endpoint is held for this long still.
+    Held(Duration),
+    /// The budget's window is full; the next one starts in this long.
+    Full(Duration),
+}
+
+/// A change to record after an answer.
+#[derive(Debug, Clone, Copy)]
+pub enum Record<'a> {
+    /// Cool the upstream down for at least this long from now.
+    Cooldown(&'a str, Duration),
+    /// Hold the endpoint for at least this long from now.
+    Hold(&'a str, &'a str, Duration),
+    /// The exchange counts `used` in `window` (of `window_ms`): raise the local count to it.
+    Used(&'a str, u64, u64, u64),
+}
+
+/// Budget and cooldown state.
+pub trait Store: Send + Sync + 'static {
+    /// Checks cooldown, then hold, then spends the weight: one atomic step.
+    fn decide(&self, ask: Ask<'_>) -> impl Future<Output = Answer> + Send;
+    /// Records what an answer said.
+    fn record(&self, change: Record<'_>) -> impl Future<Output = ()> + Send;
+}
+
+/// Wall-clock source (injectable for tests).
+pub type WallClock = Arc<dyn Fn() -> WallMs + Send + Sync>;
+
+/// The system wall clock in epoch milliseconds.
+pub fn system_wall_clock() -> WallClock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    })
+}
+
+#[derive(Default)]
+struct State {
+    cooldowns: HashMap<String, WallMs>,
+    holds: HashMap<(String, String), WallMs>,
+    /// upstream -> (window index, used)
+    used: HashMap<String, (u64, u64)>,
+}
+
+/// The in-memory store of one sidecar.
+pub struct MemoryStore {
+    clock: WallClock,
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// A store reading time from `clock`.
+    pub fn new(clock: WallClock) -> MemoryStore {
+        MemoryStore {
+            clock,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn decide_now(&self, ask: Ask<'_>) -> Answer {
+        let now = (self.clock)();
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&until) = s.cooldowns.get(ask.upstream).filter(|u| **u > now) {
+            return Answer::Cooldown(Duration::from_millis(until - now));
+        }
+        let hold = (ask.upstream.to_owned(), ask.endpoint.to_owned());
+        if let Some(&until) = s.holds.get(&hold).filter(|u| **u > now) {
+            return Answer::Held(Duration::from_millis(until - now));
+        }
+        let Some((weight, window_ms, limit)) = ask.spend else {
+            return Answer::Go { window: None };
+        };
+        let window = now / window_ms;
+        let entry = s.used.entry(ask.upstream.to_owned()).or_insert((window, 0));
+        if entry.0 != window {
+            *entry = (window, 0);
+        }
+        // A request heavier than the whole budget goes alone into an empty window.
+        if entry.1 + u64::from(weight) > u64::from(limit) && entry.1 > 0 {
+            return Answer::Full(Duration::from_millis((window + 1) * window_ms - now));
+        }
+        entry.1 += u64::from(weight);
+        Answer::Go {
+            window: Some(window),
+        }
+    }
+
+    fn record_now(&self, change: Record<'_>) {
+        let now = (self.clock)();
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let later = |d: Duration| now.saturating_add(d.as_millis() as u64);
+        match change {
+            Record::Cooldown(up, d) => {
+                let until = s.cooldowns.entry(up.to_owned()).or_insert(0);
+                *until = (*until).max(later(d));
+            }
+            Record::Hold(up, ep, d) => {
+                let until = s.holds.entry((up.to_owned(), ep.to_owned())).or_insert(0);
+                *until = (*until).max(later(d));
+            }
+            Record::Used(up, window, window_ms, used) => {
+                // Only while that window is still the current one; never lowered, because
+                // answers to requests still in flight would let the guard overspend.
+                if now / window_ms == window {
+                    let entry = s.used.entry(up.to_owned()).or_insert((window, 0));
+                    if entry.0 == window {
+                        entry.1 = entry.1.max(used);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Weight counted in the current window of `upstream` (for the budget-used gauge).
+    pub fn used(&self, upstream: &str, window_ms: u64) -> u64 {
+        let now = (self.clock)();
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.used
+            .get(upstream)
+            .filter(|(w, _)| *w == now / window_ms)
+            .map_or(0, |(_, u)| *u)
+    }
+
+    /// Cooldown left for `upstream` (for the cooldown-seconds gauge).
+    pub fn cooldown_left(&self, upstream: &str) -> Duration {
+        let now = (self.clock)();
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.cooldowns.get(upstream).map_or(Duration::ZERO, |u| {
+            Duration::from_millis(u.saturating_sub(now))
+        })
+    }
+}
+
+impl Store for MemoryStore {
+    fn decide(&self, ask: Ask<'_>) -> impl Future<Output = Answer> + Send {
+        std::future::ready(self.decide_now(ask))
+    }
+
+    fn record(&self, change: Record<'_>) -> impl Future<Output = ()> + Send {
+        self.record_now(change);
+        std::future::ready(())
+    }
+}
