@@ -24,6 +24,8 @@ USAGE:
     sidepool [--config FILE]            run the sidecar (default FILE: config/sidepool.toml)
     sidepool check [--config FILE]      validate the config (with SIDEPOOL_* overrides) and print it
     sidepool health [--admin ADDR]      exit 0 if the admin listener's /readyz says ready, else 1
+    sidepool ca [--config FILE]         print the interception CA certificate (PEM), making the CA
+                                        in intercept.ca_dir first when there is none
     sidepool --version | --help
 
 Every config key can be overridden from the environment: SIDEPOOL_<SECTION>__<KEY>,
@@ -33,6 +35,7 @@ e.g. SIDEPOOL_LISTEN__PROXY=127.0.0.1:18080. RUST_LOG, when set, wins over log.l
 enum Command {
     Run(PathBuf),
     Check(PathBuf),
+    Ca(PathBuf),
     Health(Option<String>),
     Version,
     Help,
@@ -52,6 +55,10 @@ fn parse(args: &[String]) -> Result<Command, String> {
         Some("health") => {
             rest = &rest[1..];
             "health"
+        }
+        Some("ca") => {
+            rest = &rest[1..];
+            "ca"
         }
         _ => "run",
     };
@@ -87,6 +94,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     Ok(match sub {
         "check" => Command::Check(config),
+        "ca" => Command::Ca(config),
         "health" => Command::Health(admin),
         _ => Command::Run(config),
     })
@@ -128,6 +136,7 @@ pub fn main(args: &[String]) -> ExitCode {
             }
         },
         Command::Health(admin) => health(admin),
+        Command::Ca(path) => ca(&path),
         Command::Run(path) => run(&path),
     }
 }
@@ -136,6 +145,30 @@ fn error_lines(text: &str) -> String {
     text.lines()
         .map(|line| format!("error: {line}\n"))
         .collect()
+}
+
+/// Prints the interception CA's certificate, making the CA when there is none yet, whether or
+/// not interception is enabled, so that clients can trust it before it is turned on. Never
+/// prints the key.
+fn ca(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("{}", error_lines(&errors.to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    let hosts: Vec<String> = config.upstreams.iter().map(|u| u.host.clone()).collect();
+    match crate::intercept::Interceptor::open(&config.intercept.ca_dir, &hosts) {
+        Ok(interceptor) => {
+            print!("{}", interceptor.ca_pem());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(path: &std::path::Path) -> ExitCode {

@@ -77,6 +77,9 @@ pub enum StartError {
         #[source]
         source: rustls::pki_types::InvalidDnsNameError,
     },
+    /// `[intercept] enabled = true`, and the CA in `ca_dir` could not be loaded or made.
+    #[error("intercept.ca_dir")]
+    Intercept(#[source] crate::intercept::InterceptError),
     /// An upstream's authority cannot be a Host header.
     #[error("upstream {upstream:?}: invalid authority {authority:?}")]
     Authority {

@@ -139,8 +139,7 @@ pub async fn serve(
 /// What every client connection of one listener shares.
 pub(super) struct Shared {
     builder: http1::Builder,
-    /// How long a client inside a tunnel has for its TLS handshake.
-    #[allow(dead_code)]
+    /// How long a client inside an intercepted tunnel has for its TLS handshake.
     handshake_timeout: Duration,
 }
 
@@ -182,16 +181,64 @@ impl ClientConn {
                 }
             };
             let shared = inner.shared.clone();
-            let connection = shared.builder.serve_connection(
-                upgraded,
-                service_fn(move |req| proxy.clone().handle(req, &inner)),
-            );
-            let served = until_drained(connection, |c| c.graceful_shutdown(), draining);
-            if let Err(err) = served.await {
+            let intercept = inner.tunnel.as_ref().and_then(|t| t.tls.clone());
+            let config = proxy.interceptor.as_ref().map(|i| i.server_config());
+            let service = service_fn(move |req| proxy.clone().handle(req, &inner));
+            let served = match (intercept, config) {
+                (Some(host), Some(config)) => {
+                    let Some(tls) =
+                        accept_intercepted(upgraded, config, &host, shared.handshake_timeout).await
+                    else {
+                        return;
+                    };
+                    let connection = shared.builder.serve_connection(TokioIo::new(tls), service);
+                    until_drained(connection, |c| c.graceful_shutdown(), draining).await
+                }
+                _ => {
+                    let connection = shared.builder.serve_connection(upgraded, service);
+                    until_drained(connection, |c| c.graceful_shutdown(), draining).await
+                }
+            };
+            if let Err(err) = served {
                 tracing::debug!(error = %err, "tunnel ended with an error");
             }
         });
     }
+}
+
+/// Terminates the client's TLS inside an intercepted tunnel, within `timeout`, with a leaf for
+/// `host`: a client that sends another name (SNI), none, garbage, or nothing in time gets no
+/// tunnel.
+async fn accept_intercepted(
+    upgraded: hyper::upgrade::Upgraded,
+    config: Arc<rustls::ServerConfig>,
+    host: &str,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(TokioIo::new(upgraded))).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, host, "intercepted tunnel: TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(
+                ?timeout,
+                host,
+                "intercepted tunnel: no TLS handshake in time"
+            );
+            return None;
+        }
+    };
+    if tls.get_ref().1.server_name() != Some(host) {
+        tracing::debug!(
+            host,
+            "intercepted tunnel: the client named another host (SNI) than CONNECT did"
+        );
+        return None;
+    }
+    Some(tls)
 }
 
 /// Drives a client connection until it ends; when the listener drains, it is told to finish

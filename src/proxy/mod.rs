@@ -39,6 +39,7 @@ use crate::StartError;
 use crate::config::{Config, Limits};
 use crate::connect::{self, Addresses, Connector};
 use crate::error::{ErrorKind, ProxyError};
+use crate::intercept::Interceptor;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolLimits, PoolSet, Poolable};
 use crate::runtime::BusyPoll;
@@ -98,6 +99,8 @@ pub struct Proxy {
     pools: Arc<PoolSet<UpstreamConn>>,
     metrics: Arc<Metrics>,
     busy_poll: Option<Arc<BusyPoll>>,
+    /// `[intercept] enabled`: the CA whose leaves terminate clients' TLS inside tunnels.
+    interceptor: Option<Arc<Interceptor>>,
 }
 
 /// A CONNECT tunnel's target: every request inside it goes to this upstream.
@@ -107,6 +110,9 @@ struct Tunnel {
     upstream: usize,
     /// The port the client asked for (a Host header inside may name it).
     port: u16,
+    /// Intercepted: the client's TLS is terminated here, with a leaf for this host (the SNI
+    /// the client must send).
+    tls: Option<String>,
 }
 
 /// What becomes of a client request once it has been checked.
@@ -169,7 +175,16 @@ impl Proxy {
                 })
             })
             .collect::<Result<Vec<_>, StartError>>()?;
+        let interceptor = if config.intercept.enabled {
+            let hosts: Vec<String> = config.upstreams.iter().map(|u| u.host.clone()).collect();
+            let interceptor = Interceptor::open(&config.intercept.ca_dir, &hosts)
+                .map_err(StartError::Intercept)?;
+            Some(Arc::new(interceptor))
+        } else {
+            None
+        };
         Ok(Proxy {
+            interceptor,
             routes: Routes::new(&config.upstreams),
             upstreams,
             pools,
@@ -371,9 +386,32 @@ impl Proxy {
         if authority.port_u16() == Some(80)
             && let Ok(upstream) = self.routes.plain_tunnel(authority)
         {
-            return Ok(Tunnel { upstream, port: 80 });
+            return Ok(Tunnel {
+                upstream,
+                port: 80,
+                tls: None,
+            });
         }
-        Err(not_supported())
+        let Some(interceptor) = &self.interceptor else {
+            return Err(not_supported());
+        };
+        // Intercepted: only a configured upstream's own host and port, and a host the CA
+        // covers; anything else is refused and no tunnel opens.
+        let host = authority
+            .host()
+            .trim_matches(['[', ']'])
+            .to_ascii_lowercase();
+        match self.routes.exact(authority) {
+            Some(upstream) if interceptor.covers(&host) => Ok(Tunnel {
+                upstream,
+                port: authority.port_u16().unwrap_or(443),
+                tls: Some(host),
+            }),
+            _ => Err(ProxyError::new(
+                ErrorKind::NotAllowed,
+                "CONNECT target is not a configured upstream's host and port",
+            )),
+        }
     }
 
     /// Logs a refused request (its target with any query cut or redacted) and answers it.

@@ -166,7 +166,6 @@ impl Routes {
         self.by_authority_or(authority, Some(80))
     }
 
-    #[allow(dead_code)] // used by interception
     /// Whether `authority` names a configured upstream's host and exact port (the only
     /// CONNECT targets interception accepts).
     pub fn exact(&self, authority: &Authority) -> Option<usize> {

@@ -241,3 +241,45 @@ fn start_warns_off_loopback_and_a_failed_bind_prints_its_cause() {
     assert!(error.contains("os error"), "the cause is kept: {error}");
     drop(taken);
 }
+
+#[test]
+fn ca_subcommand_makes_the_ca_once_and_prints_only_its_certificate() {
+    let dir = crate::support::certs::temp_dir().join("cli-ca");
+    let _ = std::fs::remove_dir_all(&dir);
+    let toml = format!("{}\n[intercept]\nca_dir = \"{}\"\n", valid(), dir.display());
+    let path = config_file("cli-ca.toml", &toml);
+    let run = || {
+        let out = binary()
+            .arg("ca")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("run sidepool ca");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    assert!(
+        first.starts_with("-----BEGIN CERTIFICATE-----")
+            && first.contains("-----END CERTIFICATE-----"),
+        "{first}"
+    );
+    assert!(!first.contains("PRIVATE KEY"), "the key is never printed");
+    // Interception is off in this config: the CA is made anyway, and kept.
+    assert!(dir.join("ca.pem").exists() && dir.join("ca.key").exists());
+    assert_eq!(run(), first, "a second run prints the same CA");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

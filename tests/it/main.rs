@@ -21,6 +21,8 @@ mod faults;
 mod gauges;
 /// Hostile clients: smuggling, SSRF attempts, bodies that never end.
 mod hostile;
+/// CONNECT interception: TLS terminated with the local CA, requests pooled like plain ones.
+mod intercept;
 // The invariants of ARCHITECTURE.md that are about where code may do something.
 mod invariants;
 /// max_waiting (queue_full) and the cap on client connections (too_many_clients).
