@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::support::eventually::eventually;
 use crate::support::harness::{Process, config_toml, get, https, metric_value, send_fresh};
 use crate::support::upstream::{Reply, TestUpstream};
 
@@ -86,18 +87,12 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = f64>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = format!("{what}: busy-poll gauge at {want}");
+    eventually(&what, async || {
         let got = read().await;
-        if got == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: gauge stayed at {got}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if got == want { Ok(()) } else { Err(got) }
+    })
+    .await;
 }
 
 /// User + system CPU time of the sidepool process, from `/proc/PID/stat`.

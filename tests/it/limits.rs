@@ -2,8 +2,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::support::eventually::eventually;
 use crate::support::harness::{
-    Client, PATIENCE, Sidepool, config_toml, error_kind, get, https, raw, send_fresh,
+    Client, Sidepool, config_toml, error_kind, get, https, raw, send_fresh,
 };
 use crate::support::upstream::{Reply, TestUpstream};
 
@@ -157,14 +158,13 @@ async fn client_connection_cap_refuses_newcomers_without_harming_the_others() {
 
     // One leaves; its place is free again (the gauge shows it first).
     drop(first);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while sidepool.metric("http_pool_client_connections", "").await != Some(1.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "client gauge never fell to 1"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the client gauge falls to 1", async || {
+        match sidepool.metric("http_pool_client_connections", "").await {
+            Some(1.0) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
     let mut third = Client::connect(sidepool.proxy).await;
     assert_eq!(third.send(get("/ex/e")).await.0, StatusCode::OK);
     assert_eq!(upstream.stats().requests, 5);

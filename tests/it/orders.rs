@@ -8,6 +8,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::support::eventually::eventually;
 use crate::support::harness::{PATIENCE, Sidepool, config_toml, get, https};
 use crate::support::orders::{Answer, Ledger, order, order_id};
 use crate::support::upstream::{Received, Reply, TestUpstream};
@@ -255,17 +256,15 @@ async fn orders_are_received_exactly_once_under_pressure_on_every_limit() {
         "{received} received with {queue_refusals} refused"
     );
     // Nothing active, connecting or waiting; what stays idle depends on which faults came last.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (active, idle, connecting, waiting) = sidepool.gauges("ex").await;
+    let what = "gauges (active, idle, connecting, waiting) settle at (0, <= 2, 0, 0)";
+    eventually(what, async || {
+        let gauges = sidepool.gauges("ex").await;
+        let (active, idle, connecting, waiting) = gauges;
         if (active, connecting, waiting) == (0.0, 0.0, 0.0) && idle <= 2.0 {
-            break;
+            Ok(())
+        } else {
+            Err(gauges)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gauges did not settle: {:?}",
-            (active, idle, connecting, waiting)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
 }

@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::support::eventually::eventually;
 use crate::support::harness::{Process, config_toml, get, https, send_fresh};
 use crate::support::upstream::{Reply, TestUpstream};
 
@@ -58,14 +59,14 @@ async fn readyz_turns_503_while_draining_and_healthz_stays_200() {
     let order = tokio::spawn(async move { send_fresh(proxy, get("/ex/order")).await.0 });
     upstream.wait_requests(1).await;
     let stopping = tokio::spawn(sidepool.shutdown());
-    let deadline = tokio::time::Instant::now() + crate::support::harness::PATIENCE;
-    while send_fresh(admin, get("/readyz")).await.0 != StatusCode::SERVICE_UNAVAILABLE {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readyz never turned 503"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "/readyz turns 503 while draining",
+        async || match send_fresh(admin, get("/readyz")).await.0 {
+            StatusCode::SERVICE_UNAVAILABLE => Ok(()),
+            status => Err(status),
+        },
+    )
+    .await;
     assert_eq!(send_fresh(admin, get("/healthz")).await.0, StatusCode::OK);
     assert_eq!(
         order.await.unwrap(),

@@ -15,6 +15,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::orders::{faulty_exchange, place_orders};
+use crate::support::eventually::{Text, eventually_within};
 use crate::support::harness::{
     Client, PATIENCE, Process, config_toml, get, https, metric_value, send_fresh,
 };
@@ -211,23 +212,20 @@ async fn soak() {
     received.extend(exchange.stop().await);
 
     // Quiet again: every gauge back to its baseline (idle connections expire after 1 s).
-    let deadline = Instant::now() + PATIENCE;
-    let text = loop {
+    // Every 100 ms: each look is a whole scrape.
+    let every = Duration::from_millis(100);
+    let text = eventually_within(PATIENCE, every, "gauges back to baseline", async || {
         let text = metrics_text(admin).await;
         let settled = gauges(&text, "ex") == [0.0; 4]
             && gauges(&text, "calm") == [0.0; 4]
             && metric_value(&text, "http_pool_client_connections", "") == Some(0.0);
-        if settled {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gauges did not return to baseline:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if settled { Ok(text) } else { Err(Text(text)) }
+    })
+    .await;
     // The scrape just above may still be closing on sidepool's side: a leak never drains,
-    // a connection being closed does, so wait (bounded) for the count to come back.
+    // a connection being closed does, so wait (bounded) for the count to come back. Not
+    // `eventually`: a count still high when the time is up is judged below, after the
+    // report is printed.
     let deadline = Instant::now() + PATIENCE;
     let end_fds = loop {
         let fds = open_fds(pid);

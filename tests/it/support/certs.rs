@@ -4,8 +4,6 @@
 //! sidepool to trust; [`untrusted()`] issues a leaf with exactly the same names, so a test
 //! can show that a valid-looking certificate from an unknown CA is refused. [`expired()`]
 //! is a second leaf of the trusted CA, right in every way but its validity period.
-// Each integration test uses a different subset of this module.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -21,12 +19,9 @@ pub const SERVER_NAMES: [&str; 4] = ["exchange.test", "other.test", "localhost",
 
 /// A CA plus one leaf certificate (and its key) signed by it.
 pub struct TestPki {
-    /// The CA certificate, PEM encoded.
-    pub ca_pem: String,
-    /// `ca_pem` written to a file in the per-process temp dir, for configs that take a path.
+    /// The CA certificate (PEM) written to a file in the per-process temp dir, for configs
+    /// that take a path.
     pub ca_file: PathBuf,
-    /// The CA certificate, DER encoded (for a client `RootCertStore`).
-    pub ca_der: CertificateDer<'static>,
     /// Chain the server presents: just the leaf, as the CA is the trust anchor.
     pub server_certs: Vec<CertificateDer<'static>>,
     /// The leaf's private key (PKCS#8). `PrivateKeyDer` is not `Clone`: use `clone_key()`.
@@ -49,7 +44,7 @@ pub fn untrusted() -> &'static TestPki {
     })
 }
 
-/// The trusted CA (same `ca_pem`, `ca_file` and `ca_der` as [`trusted()`]) with a leaf
+/// The trusted CA (same `ca_file` as [`trusted()`]) with a leaf
 /// for the same names that expired long ago (valid in the year 2000 only): a server using
 /// it must fail verification although its chain and names are right.
 pub fn expired() -> &'static TestPki {
@@ -60,7 +55,6 @@ pub fn expired() -> &'static TestPki {
 /// A CA, kept to issue further leaves.
 struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
-    pem: String,
     file: PathBuf,
 }
 
@@ -118,24 +112,6 @@ pub fn server_tls_config(pki: &TestPki) -> Arc<rustls::ServerConfig> {
     Arc::new(config)
 }
 
-/// A rustls client config (ring provider, ALPN `http/1.1`) that trusts only `pki`'s CA.
-/// Handy for talking to a `TestUpstream` directly, without going through sidepool.
-pub fn client_tls_config(pki: &TestPki) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(pki.ca_der.clone())
-        .expect("test CA certificate is valid");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
 fn generate_ca(ca_name: &str, ca_file_name: &str) -> Ca {
     // Generation cannot fail with these fixed, valid inputs; a panic here is a bug in this file.
     let ca_key = KeyPair::generate().expect("generate CA key");
@@ -152,7 +128,7 @@ fn generate_ca(ca_name: &str, ca_file_name: &str) -> Ca {
     let issuer = CertifiedIssuer::self_signed(ca_params, ca_key).expect("self-sign CA");
     let pem = issuer.pem();
     let file = write_file(ca_file_name, pem.as_bytes());
-    Ca { issuer, pem, file }
+    Ca { issuer, file }
 }
 
 fn issue_leaf(ca: &Ca, validity: Validity) -> TestPki {
@@ -178,9 +154,7 @@ fn issue_leaf(ca: &Ca, validity: Validity) -> TestPki {
         .expect("sign leaf certificate");
 
     TestPki {
-        ca_pem: ca.pem.clone(),
         ca_file: ca.file.clone(),
-        ca_der: ca.issuer.der().clone(),
         server_certs: vec![leaf.der().clone()],
         server_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
     }

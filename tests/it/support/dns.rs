@@ -8,8 +8,6 @@
 //! Negative answers carry an SOA whose minimum (the negative TTL) is 1 s. Every query is
 //! counted per name and type before it is answered, and published through a watch channel,
 //! so tests can wait for queries and assert how often a name was looked up.
-// Each integration test uses a different subset of this module.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -101,11 +99,6 @@ impl TestDns {
                 ttl,
             },
         );
-    }
-
-    /// Removes `name`: it is answered NXDOMAIN from now on.
-    pub fn remove(&self, name: &str) {
-        lock(&self.shared.table).remove(&normalize(name));
     }
 
     /// Switches how every later query is answered.

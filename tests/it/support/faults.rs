@@ -2,8 +2,6 @@
 //! that is expected to break, and waits for the pool to settle after a fault.
 //!
 //! [`Reply::raw`]: super::upstream::Reply::raw
-// Each integration test uses a different subset of this module.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 
@@ -15,6 +13,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::eventually::eventually;
 use super::harness::{PATIENCE, Sidepool};
 use super::upstream::TestUpstream;
 
@@ -170,17 +169,17 @@ async fn counter(sidepool: &Sidepool, metric: &str, name: &str, label: &str, val
 /// For bursts whose number of surviving connections depends on timing; both sides change
 /// as connection tasks run, so this polls (bounded by [`PATIENCE`]).
 pub async fn wait_settled(sidepool: &Sidepool, name: &str, upstream: &TestUpstream) -> usize {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let what = format!(
+        "{name} settled: gauges (active, idle, connecting, waiting) = (0, upstream sockets open, 0, 0)"
+    );
+    eventually(&what, async || {
         let gauges = sidepool.gauges(name).await;
         let open = upstream.stats().open_now;
         if gauges == (0.0, open as f64, 0.0, 0.0) {
-            return open;
+            Ok(open)
+        } else {
+            Err((gauges, open))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} did not settle: gauges {gauges:?} (active, idle, connecting, waiting), upstream sockets open {open}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    })
+    .await
 }

@@ -1,6 +1,5 @@
 //! sidepool under test: started in-process on ephemeral loopback ports, or as the built binary;
 //! a plain HTTP/1.1 client toward it; `/metrics` scraping.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::certs;
+use super::eventually::{Text, eventually};
 use super::upstream::TestUpstream;
 
 /// Upper bound for every wait in these tests.
@@ -146,18 +146,14 @@ impl Sidepool {
     /// Waits until the gauges of `upstream` equal `expected` (bounded by [`PATIENCE`]).
     /// The gauges change when connection tasks and the reaper run, so this polls `/metrics`.
     pub async fn wait_gauges(&self, upstream: &str, expected: (f64, f64, f64, f64)) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        let what = format!(
+            "gauges of {upstream} (active, idle, connecting, waiting) equal to {expected:?}"
+        );
+        eventually(&what, async || {
             let now = self.gauges(upstream).await;
-            if now == expected {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gauges of {upstream}: {now:?}, expected {expected:?} (active, idle, connecting, waiting)"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            if now == expected { Ok(()) } else { Err(now) }
+        })
+        .await;
     }
 
     /// Stops it (like SIGTERM) and waits for the drain to finish.
@@ -356,22 +352,18 @@ impl Process {
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             log,
         };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Ok(tcp) = TcpStream::connect(process.admin).await {
-                drop(tcp);
-                let (status, _, _) = send_fresh(process.admin, get("/readyz")).await;
-                if status == StatusCode::OK {
-                    break;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sidepool did not become ready; log:\n{}",
-                process.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("sidepool ready (/readyz 200)", async || {
+            // Connect first: send_fresh fails the test on a port that is not open yet.
+            let seen = match TcpStream::connect(process.admin).await {
+                Err(e) => format!("admin port not open ({e})"),
+                Ok(_) => match send_fresh(process.admin, get("/readyz")).await.0 {
+                    StatusCode::OK => return Ok(()),
+                    status => format!("/readyz answered {status}"),
+                },
+            };
+            Err(Text(format!("{seen}; log:\n{}", process.log_text())))
+        })
+        .await;
         process
     }
 
@@ -392,17 +384,13 @@ impl Process {
 
     /// Waits for the exit code (bounded).
     pub async fn wait_exit(&mut self) -> Option<i32> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
+        eventually("sidepool exited", async || {
+            match self.child.try_wait().expect("try_wait") {
+                Some(status) => Ok(status.code()),
+                None => Err("still running"),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sidepool did not exit"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 

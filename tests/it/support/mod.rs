@@ -1,9 +1,11 @@
 //! Shared test support: the fake exchange (`upstream`), its PKI (`certs`), and `harness`
 //! (sidepool in-process or as the built binary, a small HTTP client, metric scraping);
 //! `faults` (raw broken responses, reading broken bodies, settling waits) and `dns` (a DNS
-//! server on loopback) for the fault and DNS tests.
+//! server on loopback) for the fault and DNS tests; `eventually` (bounded polling) and
+//! `orders` (numbered POSTs and the exactly-once check).
 pub mod certs;
 pub mod dns;
+pub mod eventually;
 pub mod faults;
 pub mod harness;
 pub mod orders;

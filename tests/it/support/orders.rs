@@ -1,6 +1,5 @@
 //! Numbered POST orders and the exactly-once check: every order the exchange received was
 //! received once, and every order the client saw answered 2xx was received.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 
