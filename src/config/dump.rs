@@ -39,6 +39,7 @@ impl Config {
                 drain_timeout: self.listen.drain_timeout,
                 header_read_timeout: self.listen.header_read_timeout,
                 max_client_connections: self.listen.max_client_connections,
+                server_timing: self.listen.server_timing,
             },
             pool: RawPool {
                 max_connections: self.max_connections,

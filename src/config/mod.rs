@@ -85,6 +85,9 @@ pub struct ListenConfig {
     pub header_read_timeout: Duration,
     /// Cap on open client connections; clients beyond it get `503 too_many_clients`.
     pub max_client_connections: usize,
+    /// Every response to a client carries sidepool's `Server-Timing` field (queue, connect,
+    /// upstream, reused or new).
+    pub server_timing: bool,
 }
 
 /// One `[upstreams.<name>]` entry, with its url split up and its limits resolved.

@@ -26,6 +26,7 @@ pub(super) struct RawListen {
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     pub max_client_connections: usize,
+    pub server_timing: bool,
 }
 
 /// `[pool]`'s own key: the one that is not per upstream.
@@ -131,6 +132,7 @@ pub(super) fn defaults() -> RawConfig<WithLimits<RawPool>> {
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             max_client_connections: 1024,
+            server_timing: false,
         },
         pool: WithLimits {
             own: RawPool {

@@ -115,6 +115,7 @@ impl Loader {
             drain_timeout: raw.drain_timeout,
             header_read_timeout: raw.header_read_timeout,
             max_client_connections: raw.max_client_connections,
+            server_timing: raw.server_timing,
         })
     }
 

@@ -7,7 +7,8 @@
 //! Modules: `route` (which upstream), `headers` (hop-by-hop, limits, secrets), `forward`
 //! (checkout, connect, send, re-send rule), `body` (streaming bodies with timeouts), `log`
 //! (one line per request), `listener` (accept loop, client cap and connection settings),
-//! `refresh` (DNS changes retire connections to old addresses).
+//! `refresh` (DNS changes retire connections to old addresses), `server_timing` (the latency
+//! breakdown a bot can read from each answer).
 
 mod body;
 mod forward;
@@ -16,6 +17,7 @@ mod listener;
 mod log;
 mod refresh;
 mod route;
+mod server_timing;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -47,6 +49,7 @@ use body::UpstreamBody;
 use listener::ClientConn;
 use log::Completion;
 use route::Routes;
+use server_timing::{Answered, Timing};
 
 /// A kept-alive HTTP/1.1 client connection to an upstream, as held by the pool.
 pub struct UpstreamConn {
@@ -101,6 +104,8 @@ pub struct Proxy {
     busy_poll: Option<Arc<BusyPoll>>,
     /// `[intercept] enabled`: the CA whose leaves terminate clients' TLS inside tunnels.
     interceptor: Option<Arc<Interceptor>>,
+    /// `listen.server_timing`.
+    server_timing: bool,
 }
 
 /// A CONNECT tunnel's target: every request inside it goes to this upstream.
@@ -185,6 +190,7 @@ impl Proxy {
         };
         Ok(Proxy {
             interceptor,
+            server_timing: config.listen.server_timing,
             routes: Routes::new(&config.upstreams),
             upstreams,
             pools,
@@ -289,6 +295,17 @@ impl Proxy {
                 let reusable =
                     !headers::strip_hop_by_hop(&mut head.headers).says_close(head.version);
                 head.version = Version::HTTP_11;
+                if self.server_timing {
+                    let timing = Timing {
+                        queue: sent.queue_wait,
+                        connect: sent.connect,
+                        answered: Some(Answered {
+                            upstream: sent.upstream_time,
+                            reused: sent.pooled.is_reused(),
+                        }),
+                    };
+                    timing.append_to(&mut head.headers);
+                }
                 let completion = Completion {
                     started: outbound.started,
                     pool: upstream.pool.clone(),
@@ -318,7 +335,16 @@ impl Proxy {
                     outbound.started,
                     Some(failed.queue_wait),
                 );
-                local_error(&failed.error)
+                let mut response = local_error(&failed.error);
+                if self.server_timing {
+                    let timing = Timing {
+                        queue: failed.queue_wait,
+                        connect: failed.connect,
+                        answered: None,
+                    };
+                    timing.append_to(response.headers_mut());
+                }
+                response
             }
         }
     }
@@ -430,7 +456,12 @@ impl Proxy {
             started,
             None,
         );
-        Admission::Refused(local_error(err))
+        let mut response = local_error(err);
+        if self.server_timing {
+            // Refused before it was routed: it waited for nothing and opened nothing.
+            Timing::default().append_to(response.headers_mut());
+        }
+        Admission::Refused(response)
     }
 }
 

@@ -41,6 +41,8 @@ mod queueing;
 mod redaction;
 /// The re-send rule: a GET survives a stale connection, a POST is never sent twice.
 mod retries;
+/// listen.server_timing: queue, connect, upstream, reused or new, on answers and errors.
+mod server_timing;
 /// SIGTERM drains in-flight requests.
 mod shutdown;
 /// The soak (ignored; `bench/soak` runs it): flat memory and descriptors, nothing lost.
