@@ -44,6 +44,9 @@ pub const REQUESTS: &str = "http_pool_requests_total";
 pub const ERRORS: &str = "http_pool_errors_total";
 /// Counter, label `reason`: requests sent a second time (on a fresh connection).
 pub const RETRIES: &str = "http_pool_retries_total";
+/// Counter, label `result`: responses a client left before their end, read to the end in the
+/// background to keep the connection (`kept`), or not (`too_large`, `timeout`, `error`).
+pub const ABORT_DRAINS: &str = "http_pool_abort_drains_total";
 /// Histogram: seconds from the request's arrival to the last response byte.
 pub const REQUEST_DURATION: &str = "http_pool_request_duration_seconds";
 /// Histogram: seconds a request waited for a connection (0 when one was free).
@@ -68,6 +71,38 @@ const BUCKETS: [f64; 16] = [
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     60.0,
 ];
+
+/// What became of a response its client left (the `result` label of `ABORT_DRAINS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainResult {
+    /// Read to its end within the bounds; the connection went back to the pool.
+    Kept,
+    /// More of it than the byte bound; the connection was closed.
+    TooLarge,
+    /// Its rest did not arrive within the time bound; the connection was closed.
+    Timeout,
+    /// The body failed while draining; the connection was closed.
+    Error,
+}
+
+impl DrainResult {
+    const ALL: [DrainResult; 4] = [
+        DrainResult::Kept,
+        DrainResult::TooLarge,
+        DrainResult::Timeout,
+        DrainResult::Error,
+    ];
+
+    /// The `result` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainResult::Kept => "kept",
+            DrainResult::TooLarge => "too_large",
+            DrainResult::Timeout => "timeout",
+            DrainResult::Error => "error",
+        }
+    }
+}
 
 /// Why an upstream connection was closed (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +342,7 @@ pub struct UpstreamMetrics {
     requests: [Counter; STATUS_CLASSES.len()],
     errors: [Counter; ErrorKind::ALL.len()],
     retries: [Counter; 2],
+    drains: [Counter; DrainResult::ALL.len()],
     dns: [Counter; 3],
     request_duration: Histogram,
     queue_wait: Histogram,
@@ -332,6 +368,9 @@ impl UpstreamMetrics {
             retries: [RetryReason::Unsent, RetryReason::Idempotent].map(|reason| {
                 metrics::counter!(RETRIES, "upstream" => label(), "reason" => reason.as_str())
             }),
+            drains: DrainResult::ALL.map(|result| {
+                metrics::counter!(ABORT_DRAINS, "upstream" => label(), "result" => result.as_str())
+            }),
             dns: ["hit", "miss", "static"]
                 .map(|result| metrics::counter!(DNS_LOOKUPS, "upstream" => label(), "result" => result)),
             request_duration: metrics::histogram!(REQUEST_DURATION, "upstream" => label()),
@@ -356,6 +395,7 @@ impl UpstreamMetrics {
                 |kind| metrics::counter!(ERRORS, "upstream" => label(), "kind" => kind.as_str()),
             ),
             retries: [Counter::noop(), Counter::noop()],
+            drains: DrainResult::ALL.map(|_| Counter::noop()),
             dns: [Counter::noop(), Counter::noop(), Counter::noop()],
             request_duration: metrics::histogram!(REQUEST_DURATION, "upstream" => label()),
             queue_wait: Histogram::noop(),
@@ -409,6 +449,11 @@ impl UpstreamMetrics {
     /// A request was sent a second time.
     pub fn retried(&self, reason: RetryReason) {
         self.retries[reason as usize].increment(1);
+    }
+
+    /// A response the client left was drained (or not) to keep its connection.
+    pub fn abort_drained(&self, result: DrainResult) {
+        self.drains[result as usize].increment(1);
     }
 
     /// An address lookup for a new connection.
@@ -498,6 +543,10 @@ fn describe_all() {
         "Worker threads polling for network events instead of sleeping (runtime.busy_poll)."
     );
     describe_counter!(
+        ABORT_DRAINS,
+        "Responses a client left before their end: the rest read to keep the connection (kept), or the connection closed (too_large, timeout, error)."
+    );
+    describe_counter!(
         DNS_LOOKUPS,
         "Address lookups for new connections: cache hit, miss (resolved) or static."
     );
@@ -517,6 +566,9 @@ mod tests {
         }
         assert_eq!(RetryReason::Idempotent as usize, 1);
         assert_eq!(DnsResult::Static as usize, 2);
+        for (i, result) in DrainResult::ALL.iter().enumerate() {
+            assert_eq!(*result as usize, i);
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::error::ErrorKind;
 use crate::metrics::CloseReason;
 use crate::pool::Pooled;
 
-use super::UpstreamConn;
+use super::{UpstreamConn, drain};
 
 /// Errors a body can end with: hyper's, or a timeout while streaming.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -147,7 +147,8 @@ pub struct BodyTimeout {
 
 /// The upstream's response body plus the connection it arrives on.
 pub struct UpstreamBody {
-    inner: Incoming,
+    /// Taken only when the body is dropped before its end, to drain the rest.
+    inner: Option<Incoming>,
     /// Held until the body ends; then released for reuse (or closed).
     pooled: Option<Pooled<UpstreamConn>>,
     /// May the connection be reused once the body is read to the end?
@@ -176,8 +177,9 @@ impl UpstreamBody {
         deadline: Instant,
         completion: Completion,
     ) -> Self {
+        let end = inner.is_end_stream();
         let mut body = UpstreamBody {
-            inner,
+            inner: Some(inner),
             pooled: Some(pooled),
             reusable,
             timer: None,
@@ -187,7 +189,7 @@ impl UpstreamBody {
             completion: Some(completion),
             head_out: false,
         };
-        if body.inner.is_end_stream() {
+        if end {
             body.finish(true);
         }
         body
@@ -238,11 +240,11 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if this.completion.is_none() {
+        let (Some(inner), Some(_)) = (this.inner.as_mut(), this.completion.as_ref()) else {
             // Finished, failed or timed out: nothing more will come.
             return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        };
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if this.last_progress.is_some() {
                     this.last_progress = Some(Instant::now());
@@ -250,7 +252,7 @@ impl Body for UpstreamBody {
                 this.head_out |= frame.is_data();
                 // hyper stops polling a body whose length is known once it reports its end, so
                 // the exchange is complete now, not at a final `None` that may never be asked for.
-                if this.inner.is_end_stream() {
+                if inner.is_end_stream() {
                     this.finish(true);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -289,21 +291,32 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // Not read to the end (client gone or hyper stopped polling): never reuse.
-        if self.pooled.is_some() || self.completion.is_some() {
-            // A client that left saw nothing of a response it did not read: keep the status.
-            let status = self.completion.as_ref().map_or(0, |c| c.status);
-            self.fail(CloseReason::Incomplete, "client_gone", status);
+        // Not read to the end: the client left (or hyper stopped polling). Its request is
+        // over, and its line says so; the connection is saved by reading the rest of the
+        // response in the background when it may be reused, and closed otherwise.
+        if let Some(completion) = self.completion.take() {
+            completion.finish("client_gone");
+        }
+        if let Some(pooled) = self.pooled.take() {
+            match self.inner.take() {
+                Some(inner) if self.reusable => drain::spawn(inner, pooled),
+                _ => {
+                    let mut pooled = pooled;
+                    pooled.set_close_reason(CloseReason::Incomplete);
+                }
+            }
         }
     }
 }

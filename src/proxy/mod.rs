@@ -5,12 +5,14 @@
 //! touches pool state or gauges itself.
 //!
 //! Modules: `route` (which upstream), `headers` (hop-by-hop, limits, secrets), `forward`
-//! (checkout, connect, send, re-send rule), `body` (streaming bodies with timeouts), `log`
+//! (checkout, connect, send, re-send rule), `body` (streaming bodies with timeouts), `drain`
+//! (the rest of a response a client left, read so the connection is kept), `log`
 //! (one line per request), `listener` (accept loop, client cap and connection settings),
 //! `refresh` (DNS changes retire connections to old addresses), `server_timing` (the latency
 //! breakdown a bot can read from each answer).
 
 mod body;
+mod drain;
 mod forward;
 mod headers;
 mod listener;

@@ -3,6 +3,8 @@
 
 mod support;
 
+/// A client that leaves mid-response: the rest drained to keep the connection, within bounds.
+mod abort;
 /// Route mode, forward-proxy mode, Host rewrite, hop-by-hop headers, byte-exact queries.
 mod addressing;
 /// Byte-exact bodies both ways: fixed, chunked, 5 MB streamed, Expect: 100-continue.
