@@ -40,6 +40,8 @@ fn pool(cap: usize) -> (PoolSet<Conn>, Arc<Pool<Conn>>) {
         idle_timeout: Duration::from_secs(30),
         queue_timeout: Duration::from_secs(5),
         max_waiting: None,
+        warm_connections: 0,
+        warm_refresh: Duration::from_secs(50),
     };
     let set = PoolSet::new(cap, [(name, limits, upstream)]);
     let pool = set.pools()[0].clone();

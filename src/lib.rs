@@ -80,6 +80,15 @@ pub enum StartError {
     /// `[intercept] enabled = true`, and the CA in `ca_dir` could not be loaded or made.
     #[error("intercept.ca_dir")]
     Intercept(#[source] crate::intercept::InterceptError),
+    /// An upstream's `warm_probe` is not a request target (the config check refuses these).
+    #[error("upstream {upstream:?}: warm_probe is not a valid path")]
+    WarmProbe {
+        /// The upstream's name.
+        upstream: String,
+        /// Why it is not one.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
     /// An upstream's authority cannot be a Host header.
     #[error("upstream {upstream:?}: invalid authority {authority:?}")]
     Authority {
@@ -178,6 +187,7 @@ impl Server {
             busy.spawn(tokio::runtime::Handle::current().metrics().num_workers())
         });
         let refreshers = proxy::spawn_dns_refreshers(&proxy);
+        let warmers = proxy::spawn_warmers(&proxy);
         let upkeep_metrics = admin.metrics.clone();
         let upkeep = tokio::spawn(async move {
             let mut tick = tokio::time::interval(METRICS_UPKEEP);
@@ -199,6 +209,11 @@ impl Server {
             ready.ready.store(false, Ordering::SeqCst);
         };
         proxy::serve(proxy_listener, proxy.clone(), &config.listen, draining).await;
+        // Stopped before the idle connections close, so none is opened again behind them.
+        warmers.iter().for_each(JoinHandle::abort);
+        for warmer in warmers {
+            let _ = warmer.await;
+        }
         proxy.pools().close_idle();
         let _ = admin_stop.send(true);
         let _ = admin_task.await;

@@ -24,6 +24,8 @@ impl Config {
                 let scheme = if u.tls { "https" } else { "http" };
                 let own = RawUpstream {
                     url: redact_url(&format!("{scheme}://{}", u.authority)),
+                    prewarm: u.prewarm,
+                    warm_probe: u.warm_probe.clone().unwrap_or_default(),
                 };
                 let table = WithLimits {
                     own,

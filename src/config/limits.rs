@@ -38,6 +38,13 @@ pub struct Limits {
     /// cap other than `queue_timeout`. An absent key is how "unset" is written in TOML.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_waiting: Option<usize>,
+    /// Idle connections kept ready once the upstream has carried a request (0: off). Counted
+    /// in both caps; at most the effective per-host cap (a larger value is lowered at load).
+    pub warm_connections: usize,
+    /// A warm connection idle this long is replaced (or probed, with `warm_probe`), before
+    /// the exchange's own idle cutoff can close it.
+    #[serde(with = "humantime_serde")]
+    pub warm_refresh: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +58,11 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(60),
             queue_timeout: Duration::from_secs(5),
             max_waiting: None,
+            // One ready connection: the first order after a quiet spell pays no handshake,
+            // for the price of one connection held (docs/tuning.md, "Warm connections").
+            warm_connections: 1,
+            // Under the 60 s idle cutoff of the load balancers most exchanges sit behind.
+            warm_refresh: Duration::from_secs(50),
         }
     }
 }
@@ -75,6 +87,7 @@ impl Limits {
             ("read_timeout", self.read_timeout),
             ("request_timeout", self.request_timeout),
             ("queue_timeout", self.queue_timeout),
+            ("warm_refresh", self.warm_refresh),
         ] {
             if d.is_zero() {
                 out.push((key, POSITIVE.to_string()));

@@ -104,8 +104,14 @@ pub struct UpstreamConfig {
     /// Value for the Host header: host, or host:port when the port is not the scheme default; IPv6 bracketed.
     pub authority: String,
     /// Caps and timeouts, `[pool]` with this upstream's overrides; the per-host cap is the
-    /// effective one (at most `pool.max_connections`).
+    /// effective one (at most `pool.max_connections`), and so is `warm_connections` (at most
+    /// the per-host cap).
     pub limits: Limits,
+    /// `prewarm`: open the warm connections at start, before the first request.
+    pub prewarm: bool,
+    /// `warm_probe`: an origin-form path (with an optional query) GET on idle warm connections
+    /// to keep them alive instead of replacing them; `None`: replace them.
+    pub warm_probe: Option<String>,
 }
 
 /// `[dns]`: cache policy and static host entries.

@@ -41,6 +41,12 @@ pub(super) struct RawPool {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
     pub url: String,
+    /// Open the warm connections at start instead of after the first request.
+    #[serde(default)]
+    pub prewarm: bool,
+    /// A path to GET on idle warm connections instead of replacing them; empty: off.
+    #[serde(default)]
+    pub warm_probe: String,
 }
 
 /// `[dns]`.

@@ -333,7 +333,21 @@ impl Loader {
                 ok = false;
             }
         }
-        let target = match parse_upstream_url(&own?.url) {
+        let own = own?;
+        let warm_probe = match own.warm_probe.as_str() {
+            "" => None,
+            path if valid_probe_path(path) => Some(path.to_string()),
+            _ => {
+                let message =
+                    "must be a path starting with '/' (an optional ?query), no spaces or \
+                               fragment, e.g. \"/v5/market/time\"; empty for no probe"
+                        .to_string();
+                self.problem(k("warm_probe"), message);
+                ok = false;
+                None
+            }
+        };
+        let target = match parse_upstream_url(&own.url) {
             Ok(t) => Some(t),
             Err(messages) => {
                 for m in messages {
@@ -354,6 +368,15 @@ impl Loader {
             self.notes.push(found);
             limits.max_connections_per_host = *max_connections;
         }
+        if limits.warm_connections > limits.max_connections_per_host {
+            let note = format!(
+                "{} is above the effective per-host cap; {} connections are kept warm",
+                limits.warm_connections, limits.max_connections_per_host
+            );
+            let found = self.finding(k("warm_connections"), note);
+            self.notes.push(found);
+            limits.warm_connections = limits.max_connections_per_host;
+        }
         ok.then(|| UpstreamConfig {
             name: name.to_string(),
             tls: target.tls,
@@ -361,8 +384,19 @@ impl Loader {
             port: target.port,
             authority: target.authority,
             limits,
+            prewarm: own.prewarm,
+            warm_probe,
         })
     }
+}
+
+/// A probe path is sent as written, so it must be a valid origin-form request target: `/`,
+/// then visible ASCII with no fragment.
+fn valid_probe_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.contains('#')
+        && path.bytes().all(|b| b.is_ascii_graphic())
+        && path.parse::<http::uri::PathAndQuery>().is_ok()
 }
 
 /// Reads every certificate of a PEM file and checks that each is usable as a trust anchor.

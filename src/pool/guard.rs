@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::state::Grant;
+use super::state::{Grant, Refresh};
 use super::{Pool, Poolable};
 use crate::metrics::CloseReason;
 
@@ -23,14 +23,32 @@ pub enum Acquired<C: Poolable> {
 pub struct Connecting<C: Poolable> {
     pool: Option<Arc<Pool<C>>>,
     id: u64,
+    kind: SlotKind,
+}
+
+/// Whom a slot is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SlotKind {
+    /// A request, which carries on the connection once it is open.
+    Request,
+    /// The warm floor: the connection goes to idle.
+    Warm,
+    /// A refresh of a stale warm connection: the new one goes to idle, the old one closes.
+    Refresh(Refresh),
 }
 
 impl<C: Poolable> Connecting<C> {
-    pub(super) fn new(pool: Arc<Pool<C>>, id: u64) -> Self {
+    pub(super) fn new(pool: Arc<Pool<C>>, id: u64, kind: SlotKind) -> Self {
         Connecting {
             pool: Some(pool),
             id,
+            kind,
         }
+    }
+
+    /// True when the slot is for the warm floor (or a refresh of it), not a request.
+    pub fn is_warm(&self) -> bool {
+        self.kind != SlotKind::Request
     }
 
     /// The id the connection will have in the pool (for [`Pool::connection_lost`]).
@@ -47,16 +65,29 @@ impl<C: Poolable> Connecting<C> {
 
     /// The connection is open: it becomes active.
     pub fn established(mut self, conn: C) -> Pooled<C> {
+        debug_assert_eq!(self.kind, SlotKind::Request, "a warm slot goes to idle");
         let pool = self.pool.take().expect("established() consumes the guard");
         pool.connected();
         Pooled::new(pool, conn, self.id, false)
+    }
+
+    /// A warm connection is open: it goes to idle (or to a request that queued meanwhile).
+    pub fn established_idle(mut self, conn: C) {
+        let pool = self
+            .pool
+            .take()
+            .expect("established_idle() consumes the guard");
+        pool.warm_established(conn, self.id, self.kind);
     }
 }
 
 impl<C: Poolable> Drop for Connecting<C> {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.take() {
-            pool.connect_abandoned();
+            match self.kind {
+                SlotKind::Request => pool.connect_abandoned(),
+                kind => pool.warm_abandoned(kind),
+            }
         }
     }
 }

@@ -22,6 +22,8 @@
 //! - `set`: [`PoolSet`], what the pools share: the hand-out of freed global slots to starved
 //!   waiters, eviction across pools, and the gauge snapshot a scrape takes.
 //! - `guard`: the guards; `reaper`: the idle reaper.
+//! - `warm` (and `state_warm`): the warm floor, refreshes and probes, for the background task
+//!   in `proxy::warm`, which opens the connections.
 //!
 //! # Locks
 //! Every state change happens under the upstream's own mutex, which is never held across an
@@ -37,6 +39,7 @@ mod reaper;
 mod set;
 mod state;
 mod upstream;
+mod warm;
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -45,6 +48,7 @@ pub use guard::{Acquired, Connecting, Pooled};
 pub use reaper::spawn_reaper;
 pub use set::PoolSet;
 pub use upstream::Pool;
+pub use warm::Probe;
 
 /// A connection the pool can hold.
 pub trait Poolable: Send + 'static {
@@ -89,6 +93,10 @@ pub struct PoolLimits {
     pub queue_timeout: Duration,
     /// Cap on queued requests (`None`: only `queue_timeout` bounds the queue).
     pub max_waiting: Option<usize>,
+    /// Idle connections kept ready once the pool has carried a request (0: off).
+    pub warm_connections: usize,
+    /// A warm connection idle this long is refreshed or probed.
+    pub warm_refresh: Duration,
 }
 
 /// Snapshot of one pool's counts (the numbers its gauges show).
@@ -112,6 +120,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod stress;
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub(super) struct Idle<C> {
     pub(super) conn: C,
     pub(super) id: u64,
     pub(super) since: Instant,
+    /// A replacement is being opened for it (`warm_refresh`); it stays usable meanwhile.
+    pub(super) refreshing: bool,
 }
 
 /// A queued checkout.
@@ -93,10 +95,18 @@ pub(super) struct PoolState<C> {
     active: usize,
     connecting: usize,
     waiters: VecDeque<Waiting<C>>,
+    /// The warm floor: idle connections kept ready once `warm_armed` (`warm_connections`).
+    warm: usize,
+    /// The upstream has carried a request (or `prewarm`): the floor applies.
+    warm_armed: bool,
+    /// Slots of `connecting` opened in the background for the floor or a refresh.
+    warming: usize,
+    /// Warm connections out of `idle` for a `warm_probe` GET (counted `active`).
+    probing: usize,
 }
 
 impl<C: Poolable> PoolState<C> {
-    pub(super) fn new(index: usize, cap: usize, max_waiting: Option<usize>) -> Self {
+    pub(super) fn new(index: usize, cap: usize, max_waiting: Option<usize>, warm: usize) -> Self {
         PoolState {
             index,
             cap,
@@ -105,6 +115,10 @@ impl<C: Poolable> PoolState<C> {
             active: 0,
             connecting: 0,
             waiters: VecDeque::new(),
+            warm: warm.min(cap),
+            warm_armed: false,
+            warming: 0,
+            probing: 0,
         }
     }
 
@@ -146,6 +160,8 @@ impl<C: Poolable> PoolState<C> {
             self.waiters.is_empty() || self.idle.is_empty(),
             "requests wait while connections idle"
         );
+        debug_assert!(self.warming <= self.connecting, "warming beyond connecting");
+        debug_assert!(self.probing <= self.active, "probing beyond active");
     }
 
     /// A connection to use: the most recently used idle one (unless `want` is
@@ -309,6 +325,7 @@ impl<C: Poolable> PoolState<C> {
         global: &GlobalCap,
     ) -> After<C> {
         self.active -= 1;
+        self.arm_warm();
         let mut after = After::default();
         let mut free = 0;
         let mut returned = Some(conn);
@@ -352,6 +369,7 @@ impl<C: Poolable> PoolState<C> {
                     conn,
                     id,
                     since: now,
+                    refreshing: false,
                 });
             }
         }
@@ -361,6 +379,7 @@ impl<C: Poolable> PoolState<C> {
     /// An active connection was closed (the caller dropped it and counted why).
     pub(super) fn active_closed(&mut self, global: &GlobalCap) -> After<C> {
         self.active -= 1;
+        self.arm_warm();
         let free = self.slot_freed(global);
         self.settle(After::default(), free, global)
     }
@@ -435,6 +454,11 @@ impl<C: Poolable> PoolState<C> {
         Some(after)
     }
 }
+
+#[path = "state_warm.rs"]
+mod warm;
+
+pub(super) use warm::Refresh;
 
 #[cfg(test)]
 #[path = "state_tests.rs"]

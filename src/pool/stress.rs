@@ -49,6 +49,8 @@ fn caps_counts_and_snapshots_hold_across_worker_threads() {
                     idle_timeout: Duration::from_secs(60),
                     queue_timeout: Duration::from_secs(10),
                     max_waiting: None,
+                    warm_connections: 0,
+                    warm_refresh: Duration::from_secs(50),
                 };
                 (name, limits, m)
             }),

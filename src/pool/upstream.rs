@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::guard::Waiter;
+use super::guard::{SlotKind, Waiter};
 use super::set::Shared;
 use super::state::{After, Checkout, Grant, Idle, PoolState};
 use super::{Acquired, CheckoutError, Connecting, PoolCounts, PoolLimits, Poolable, Pooled, Want};
@@ -21,6 +21,8 @@ pub struct Pool<C: Poolable> {
     pub(super) shared: Arc<Shared<C>>,
     pub(super) next_id: AtomicU64,
     pub(super) state: Mutex<PoolState<C>>,
+    /// Woken when the warm floor misses a connection the background task could open.
+    pub(super) warm_wanted: tokio::sync::Notify,
 }
 
 impl<C: Poolable> Pool<C> {
@@ -53,7 +55,7 @@ impl<C: Poolable> Pool<C> {
         super::lock(&self.state)
     }
 
-    fn next_id(&self) -> u64 {
+    pub(super) fn next_id(&self) -> u64 {
         // Ids start at 1 (0 never names a connection).
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -62,7 +64,12 @@ impl<C: Poolable> Pool<C> {
     /// frees global slots and hands free ones to starved waiters.
     pub(super) fn finish(&self, state: MutexGuard<'_, PoolState<C>>, after: After<C>) {
         state.debug_check();
+        let wants_warm = state.wants_warm();
         drop(state);
+        if wants_warm {
+            // Stores a permit when the task is busy, so no refill is missed.
+            self.warm_wanted.notify_one();
+        }
         for (conn, reason) in after.closed {
             drop(conn);
             self.metrics.connection_closed(reason);
@@ -120,7 +127,11 @@ impl<C: Poolable> Pool<C> {
     fn acquired(self: &Arc<Self>, grant: Grant<C>) -> Acquired<C> {
         match grant {
             Grant::Conn(conn, id) => Acquired::Reused(Pooled::new(self.clone(), conn, id, true)),
-            Grant::Slot => Acquired::Connect(Connecting::new(self.clone(), self.next_id())),
+            Grant::Slot => Acquired::Connect(Connecting::new(
+                self.clone(),
+                self.next_id(),
+                SlotKind::Request,
+            )),
         }
     }
 
@@ -186,8 +197,21 @@ impl<C: Poolable> Pool<C> {
 
     /// The connection with `id` ended on its own (the upstream closed it). If it was idle, it
     /// leaves the pool now, so the idle gauge never counts a dead connection for long.
+    /// How long it had been idle is the upstream's idle cutoff, recorded for `warm_refresh`.
     pub fn connection_lost(&self, id: u64) {
-        self.close_idle(CloseReason::UpstreamClosed, |idle| idle.id == id);
+        let mut since = None;
+        let mut state = self.lock();
+        let after = state.close_idle(CloseReason::UpstreamClosed, |idle| {
+            let this = idle.id == id;
+            if this {
+                since = Some(idle.since);
+            }
+            this
+        });
+        self.finish(state, after);
+        if let Some(since) = since {
+            self.metrics.idle_cut_off(since.elapsed());
+        }
     }
 
     /// Closes the idle connections that [`Poolable::is_retired`] says must not be reused.
@@ -195,13 +219,11 @@ impl<C: Poolable> Pool<C> {
         self.close_idle(CloseReason::DnsChanged, |idle| idle.conn.is_retired());
     }
 
-    /// Closes idle connections idle since before `now - idle_timeout`. Returns the earliest
-    /// time another one may expire.
+    /// Closes idle connections idle since before `now - idle_timeout`, except the warm floor.
+    /// Returns the earliest time another one may expire.
     pub(super) fn reap(&self, now: Instant) -> Option<Instant> {
-        let timeout = self.limits.idle_timeout;
         let mut state = self.lock();
-        let after = state.close_idle(CloseReason::IdleTimeout, |idle| idle.since + timeout <= now);
-        let next = state.idle().first().map(|idle| idle.since + timeout);
+        let (after, next) = state.reap(now, self.limits.idle_timeout);
         self.finish(state, after);
         next
     }

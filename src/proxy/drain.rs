@@ -64,7 +64,7 @@ async fn drain(mut body: Incoming, pooled: Pooled<UpstreamConn>) {
 }
 
 /// Reads frames until the body ends, or until more than the byte bound has come.
-async fn read_to_end(body: &mut Incoming) -> DrainResult {
+pub(super) async fn read_to_end(body: &mut Incoming) -> DrainResult {
     let mut read = 0u64;
     // Bounded: every turn reads at least one frame, and the total is capped in bytes (and,
     // by the caller, in time).

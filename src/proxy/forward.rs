@@ -326,6 +326,13 @@ async fn open(
     upstream: &Upstream,
     slot: Connecting<UpstreamConn>,
 ) -> Result<Pooled<UpstreamConn>, ProxyError> {
+    let conn = dial(upstream, slot.id()).await?;
+    Ok(slot.established(conn))
+}
+
+/// Opens a connection to `upstream` (DNS, TCP, TLS, HTTP/1.1 setup) that will be connection
+/// `id` of its pool, and starts its connection task, which tells the pool when it ends.
+pub(super) async fn dial(upstream: &Upstream, id: u64) -> Result<UpstreamConn, ProxyError> {
     let connected = upstream
         .connector
         .connect(upstream.limits.connect_timeout)
@@ -349,8 +356,7 @@ async fn open(
             .with_cause(err)
             .with_upstream(&upstream.name)
         })?;
-    let id = slot.id();
-    let pool = Arc::downgrade(slot.pool());
+    let pool = Arc::downgrade(&upstream.pool);
     let name = upstream.name.clone();
     tokio::spawn(async move {
         if let Err(err) = connection.await {
@@ -361,12 +367,12 @@ async fn open(
         }
     });
     upstream.pool.metrics().connection_opened(connected.took);
-    Ok(slot.established(UpstreamConn {
+    Ok(UpstreamConn {
         send,
         peer,
         addresses: upstream.connector.addresses().cloned(),
         epoch: AtomicU64::new(connected.epoch),
-    }))
+    })
 }
 
 /// GET, HEAD and OPTIONS without a body may be sent again.

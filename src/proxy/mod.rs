@@ -9,7 +9,8 @@
 //! (the rest of a response a client left, read so the connection is kept), `log`
 //! (one line per request), `listener` (accept loop, client cap and connection settings),
 //! `refresh` (DNS changes retire connections to old addresses), `server_timing` (the latency
-//! breakdown a bot can read from each answer).
+//! breakdown a bot can read from each answer), `warm` (the background task that keeps the
+//! warm floor open and fresh).
 
 mod body;
 mod drain;
@@ -20,6 +21,7 @@ mod log;
 mod refresh;
 mod route;
 mod server_timing;
+mod warm;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,6 +40,7 @@ pub use body::{ProxyBody, RequestBody};
 pub use headers::{MAX_HEADER_BYTES, is_secret_header, redact_path};
 pub use listener::serve;
 pub use refresh::spawn_dns_refreshers;
+pub use warm::spawn_warmers;
 
 use crate::StartError;
 use crate::config::{Config, Limits};
@@ -95,6 +98,10 @@ pub struct Upstream {
     limits: Limits,
     pool: Arc<Pool<UpstreamConn>>,
     connector: Connector,
+    /// `prewarm`: the warm floor opens at start.
+    prewarm: bool,
+    /// `warm_probe`: warm connections are kept alive with a GET of this instead of replaced.
+    warm_probe: Option<PathAndQuery>,
 }
 
 /// Everything a request needs, shared by all client connections.
@@ -156,6 +163,8 @@ impl Proxy {
                     idle_timeout: u.limits.idle_timeout,
                     queue_timeout: u.limits.queue_timeout,
                     max_waiting: u.limits.max_waiting,
+                    warm_connections: u.limits.warm_connections,
+                    warm_refresh: u.limits.warm_refresh,
                 };
                 (name, limits, upstream_metrics)
             }),
@@ -179,6 +188,18 @@ impl Proxy {
                     limits: u.limits,
                     pool: pool.clone(),
                     connector,
+                    prewarm: u.prewarm,
+                    warm_probe: match &u.warm_probe {
+                        None => None,
+                        Some(path) => {
+                            Some(PathAndQuery::try_from(path.as_str()).map_err(|source| {
+                                StartError::WarmProbe {
+                                    upstream: u.name.clone(),
+                                    source,
+                                }
+                            })?)
+                        }
+                    },
                 })
             })
             .collect::<Result<Vec<_>, StartError>>()?;

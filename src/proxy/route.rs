@@ -394,7 +394,11 @@ mod tests {
                 request_timeout: d,
                 queue_timeout: d,
                 max_waiting: None,
+                warm_connections: 0,
+                warm_refresh: d,
             },
+            prewarm: false,
+            warm_probe: None,
         }
     }
 

@@ -49,3 +49,5 @@ mod server_timing;
 mod shutdown;
 /// The soak (ignored; `bench/soak` runs it): flat memory and descriptors, nothing lost.
 mod soak;
+/// The warm floor: refills, prewarm, refresh before the exchange's cutoff, probes, back-off.
+mod warm;

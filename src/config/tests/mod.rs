@@ -69,6 +69,8 @@ fn minimal_file_gets_every_default() {
             request_timeout: Duration::from_secs(60),
             queue_timeout: Duration::from_secs(5),
             max_waiting: None,
+            warm_connections: 1,
+            warm_refresh: Duration::from_secs(50),
         };
         assert_eq!(u.limits, expected);
         assert!(c.dns.nameservers.is_empty());
@@ -369,12 +371,14 @@ fn key_lists_come_from_the_structs() {
             "read_timeout",
             "request_timeout",
             "queue_timeout",
-            "max_waiting"
+            "max_waiting",
+            "warm_connections",
+            "warm_refresh"
         ]
     );
     assert_eq!(raw::pool_keys()[0], "max_connections");
     assert_eq!(raw::upstream_keys()[0], "url");
-    assert_eq!(raw::upstream_keys().len(), Limits::keys().len() + 1);
+    assert_eq!(raw::upstream_keys().len(), Limits::keys().len() + 3);
 }
 
 mod sections;

@@ -164,6 +164,63 @@ fn max_waiting_is_unset_by_default_and_overridable_per_upstream() {
 }
 
 #[test]
+fn warm_keys_default_to_one_ready_connection_and_are_per_upstream() {
+    let c = Config::from_toml_str(&format!(
+        "[pool]\nwarm_connections = 2\nwarm_refresh = \"40s\"\n{MINIMAL}\
+         [upstreams.okx]\nurl = \"https://www.okx.com\"\nwarm_connections = 0\n\
+         prewarm = true\nwarm_probe = \"/api/v5/public/time?x=1\"\n"
+    ))
+    .expect("valid");
+    let bybit = upstream(&c, "bybit");
+    assert_eq!(bybit.limits.warm_connections, 2);
+    assert_eq!(bybit.limits.warm_refresh, Duration::from_secs(40));
+    assert!(!bybit.prewarm && bybit.warm_probe.is_none());
+    let okx = upstream(&c, "okx");
+    assert_eq!(okx.limits.warm_connections, 0);
+    assert!(okx.prewarm);
+    assert_eq!(okx.warm_probe.as_deref(), Some("/api/v5/public/time?x=1"));
+    let shown = c.to_toml();
+    assert!(
+        shown.contains("prewarm = true")
+            && shown.contains("warm_probe = \"/api/v5/public/time?x=1\"")
+            && shown.contains("warm_refresh = \"40s\""),
+        "{shown}"
+    );
+    let again = Config::from_toml_str(&shown).expect("the dump loads");
+    assert_eq!(upstream(&again, "okx").warm_probe, okx.warm_probe);
+}
+
+#[test]
+fn warm_connections_above_the_per_host_cap_are_clamped_with_a_note() {
+    let c = Config::from_toml_str(&format!(
+        "[pool]\nmax_connections_per_host = 3\nwarm_connections = 5\n{MINIMAL}"
+    ))
+    .expect("valid");
+    assert_eq!(upstream(&c, "bybit").limits.warm_connections, 3);
+    assert!(
+        c.notes
+            .iter()
+            .any(|n| n.key == "upstreams.bybit.warm_connections"
+                && n.message.contains("3 connections are kept warm")),
+        "{:#?}",
+        c.notes
+    );
+}
+
+#[test]
+fn a_bad_warm_probe_or_refresh_is_refused() {
+    let ps = problems(&format!("[pool]\nwarm_refresh = \"0s\"\n{MINIMAL}"));
+    one(&ps, "pool.warm_refresh");
+    for bad in ["v5/time", "/a b", "/a#frag", "https://x/y"] {
+        let ps = problems(&format!(
+            "[upstreams.bybit]\nurl = \"https://api.bybit.com\"\nwarm_probe = \"{bad}\"\n"
+        ));
+        let p = one(&ps, "upstreams.bybit.warm_probe");
+        assert!(p.message.contains("must be a path"), "{bad}: {p}");
+    }
+}
+
+#[test]
 fn busy_poll_is_a_window_up_to_one_second_and_zero_turns_it_off() {
     let on = Config::from_toml_str(&format!("[runtime]\nbusy_poll = \"250us\"\n{MINIMAL}"))
         .expect("valid");

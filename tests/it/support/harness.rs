@@ -49,6 +49,8 @@ pub fn config_toml(pool: &str, upstreams: &[UpstreamSpec]) -> String {
         ("connect_timeout", "\"3s\""),
         ("read_timeout", "\"5s\""),
         ("request_timeout", "\"10s\""),
+        // Off unless a test is about it: most tests count connections exactly.
+        ("warm_connections", "0"),
     ]
     .iter()
     .filter(|(key, _)| !pool.contains(&format!("{key} =")))

@@ -20,6 +20,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use crate::error::ErrorKind;
 use crate::pool::PoolCounts;
 
+mod labels;
+
+pub use labels::{CloseReason, DnsResult, DrainResult, RetryReason, WarmResult};
+
 /// Gauge: connections carrying a request now.
 pub const CONNECTIONS_ACTIVE: &str = "http_pool_connections_active";
 /// Gauge: open kept-alive connections waiting for reuse.
@@ -47,6 +51,14 @@ pub const RETRIES: &str = "http_pool_retries_total";
 /// Counter, label `result`: responses a client left before their end, read to the end in the
 /// background to keep the connection (`kept`), or not (`too_large`, `timeout`, `error`).
 pub const ABORT_DRAINS: &str = "http_pool_abort_drains_total";
+/// Counter, label `result` (`ok`, `failed`): warm connections opened in the background (the
+/// warm floor, its refills and refreshes).
+pub const WARM_CONNECTS: &str = "http_pool_warm_connects_total";
+/// Counter, label `result` (`ok`, `failed`): `warm_probe` GETs sent on idle warm connections.
+pub const WARM_PROBES: &str = "http_pool_warm_probes_total";
+/// Histogram: how long a connection had been idle when the upstream closed it (the exchange's
+/// idle cutoff, learnt; `warm_refresh` should stay below it).
+pub const IDLE_CUTOFF: &str = "http_pool_idle_cutoff_seconds";
 /// Histogram: seconds from the request's arrival to the last response byte.
 pub const REQUEST_DURATION: &str = "http_pool_request_duration_seconds";
 /// Histogram: seconds a request waited for a connection (0 when one was free).
@@ -72,119 +84,11 @@ const BUCKETS: [f64; 16] = [
     60.0,
 ];
 
-/// What became of a response its client left (the `result` label of `ABORT_DRAINS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrainResult {
-    /// Read to its end within the bounds; the connection went back to the pool.
-    Kept,
-    /// More of it than the byte bound; the connection was closed.
-    TooLarge,
-    /// Its rest did not arrive within the time bound; the connection was closed.
-    Timeout,
-    /// The body failed while draining; the connection was closed.
-    Error,
-}
-
-impl DrainResult {
-    const ALL: [DrainResult; 4] = [
-        DrainResult::Kept,
-        DrainResult::TooLarge,
-        DrainResult::Timeout,
-        DrainResult::Error,
-    ];
-
-    /// The `result` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrainResult::Kept => "kept",
-            DrainResult::TooLarge => "too_large",
-            DrainResult::Timeout => "timeout",
-            DrainResult::Error => "error",
-        }
-    }
-}
-
-/// Why an upstream connection was closed (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Idle longer than `idle_timeout`.
-    IdleTimeout,
-    /// The upstream closed it (seen while idle or at checkout).
-    UpstreamClosed,
-    /// The upstream answered `Connection: close` (or HTTP/1.0).
-    ConnectionClose,
-    /// The response body was not read to the end (client gone, upstream body error).
-    Incomplete,
-    /// An I/O or protocol error while a request was on it.
-    Error,
-    /// A read or request timeout fired while a request was on it.
-    Timeout,
-    /// Closed while idle to free a slot for another upstream under the global cap.
-    Evicted,
-    /// The pool was shut down.
-    Shutdown,
-    /// Its address left the upstream's DNS answer (the name now points elsewhere).
-    DnsChanged,
-}
-
-impl CloseReason {
-    const ALL: [CloseReason; 9] = [
-        CloseReason::IdleTimeout,
-        CloseReason::UpstreamClosed,
-        CloseReason::ConnectionClose,
-        CloseReason::Incomplete,
-        CloseReason::Error,
-        CloseReason::Timeout,
-        CloseReason::Evicted,
-        CloseReason::Shutdown,
-        CloseReason::DnsChanged,
-    ];
-
-    /// The label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::UpstreamClosed => "upstream_closed",
-            CloseReason::ConnectionClose => "connection_close",
-            CloseReason::Incomplete => "incomplete",
-            CloseReason::Error => "error",
-            CloseReason::Timeout => "timeout",
-            CloseReason::Evicted => "evicted",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::DnsChanged => "dns_changed",
-        }
-    }
-}
-
-/// Why a request was sent a second time (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryReason {
-    /// hyper handed the request back: not one byte of it left the process.
-    Unsent,
-    /// A bodiless GET/HEAD/OPTIONS whose reused connection failed before any response.
-    Idempotent,
-}
-
-impl RetryReason {
-    /// The label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            RetryReason::Unsent => "unsent",
-            RetryReason::Idempotent => "idempotent",
-        }
-    }
-}
-
-/// How the address for a new connection was found (the `result` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DnsResult {
-    /// Served from the cache.
-    Hit,
-    /// Resolved through DNS (successfully or not).
-    Miss,
-    /// From `dns.static`.
-    Static,
-}
+/// Buckets for [`IDLE_CUTOFF`]: the idle cutoffs exchanges and their load balancers use
+/// (seconds to minutes).
+const IDLE_CUTOFF_BUCKETS: [f64; 14] = [
+    1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0,
+];
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -244,6 +148,11 @@ impl Metrics {
     pub fn new(max_connections: usize) -> Arc<Metrics> {
         let recorder = PrometheusBuilder::new()
             .set_buckets(&BUCKETS)
+            .expect("the bucket list is a non-empty constant")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(IDLE_CUTOFF.to_string()),
+                &IDLE_CUTOFF_BUCKETS,
+            )
             .expect("the bucket list is a non-empty constant")
             .build_recorder();
         let handle = recorder.handle();
@@ -343,6 +252,9 @@ pub struct UpstreamMetrics {
     errors: [Counter; ErrorKind::ALL.len()],
     retries: [Counter; 2],
     drains: [Counter; DrainResult::ALL.len()],
+    warm_connects: [Counter; 2],
+    warm_probes: [Counter; 2],
+    idle_cutoff: Histogram,
     dns: [Counter; 3],
     request_duration: Histogram,
     queue_wait: Histogram,
@@ -371,6 +283,13 @@ impl UpstreamMetrics {
             drains: DrainResult::ALL.map(|result| {
                 metrics::counter!(ABORT_DRAINS, "upstream" => label(), "result" => result.as_str())
             }),
+            warm_connects: [WarmResult::Ok, WarmResult::Failed].map(|result| {
+                metrics::counter!(WARM_CONNECTS, "upstream" => label(), "result" => result.as_str())
+            }),
+            warm_probes: [WarmResult::Ok, WarmResult::Failed].map(|result| {
+                metrics::counter!(WARM_PROBES, "upstream" => label(), "result" => result.as_str())
+            }),
+            idle_cutoff: metrics::histogram!(IDLE_CUTOFF, "upstream" => label()),
             dns: ["hit", "miss", "static"]
                 .map(|result| metrics::counter!(DNS_LOOKUPS, "upstream" => label(), "result" => result)),
             request_duration: metrics::histogram!(REQUEST_DURATION, "upstream" => label()),
@@ -396,6 +315,9 @@ impl UpstreamMetrics {
             ),
             retries: [Counter::noop(), Counter::noop()],
             drains: DrainResult::ALL.map(|_| Counter::noop()),
+            warm_connects: [Counter::noop(), Counter::noop()],
+            warm_probes: [Counter::noop(), Counter::noop()],
+            idle_cutoff: Histogram::noop(),
             dns: [Counter::noop(), Counter::noop(), Counter::noop()],
             request_duration: metrics::histogram!(REQUEST_DURATION, "upstream" => label()),
             queue_wait: Histogram::noop(),
@@ -454,6 +376,21 @@ impl UpstreamMetrics {
     /// A response the client left was drained (or not) to keep its connection.
     pub fn abort_drained(&self, result: DrainResult) {
         self.drains[result as usize].increment(1);
+    }
+
+    /// A background warm connection attempt ended.
+    pub fn warm_connected(&self, result: WarmResult) {
+        self.warm_connects[result as usize].increment(1);
+    }
+
+    /// A `warm_probe` GET ended.
+    pub fn warm_probed(&self, result: WarmResult) {
+        self.warm_probes[result as usize].increment(1);
+    }
+
+    /// The upstream closed a connection that had been idle for `idle`.
+    pub fn idle_cut_off(&self, idle: Duration) {
+        self.idle_cutoff.record(idle);
     }
 
     /// An address lookup for a new connection.
@@ -547,91 +484,23 @@ fn describe_all() {
         "Responses a client left before their end: the rest read to keep the connection (kept), or the connection closed (too_large, timeout, error)."
     );
     describe_counter!(
+        WARM_CONNECTS,
+        "Warm connections opened in the background (floor, refill, refresh), by result."
+    );
+    describe_counter!(
+        WARM_PROBES,
+        "warm_probe GETs sent on idle warm connections to keep them open, by result."
+    );
+    describe_histogram!(
+        IDLE_CUTOFF,
+        Unit::Seconds,
+        "How long a connection had been idle when the upstream closed it (set warm_refresh below this)."
+    );
+    describe_counter!(
         DNS_LOOKUPS,
         "Address lookups for new connections: cache hit, miss (resolved) or static."
     );
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_arrays_are_indexed_by_discriminant() {
-        for (i, reason) in CloseReason::ALL.iter().enumerate() {
-            assert_eq!(*reason as usize, i);
-        }
-        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
-            assert_eq!(*kind as usize, i);
-        }
-        assert_eq!(RetryReason::Idempotent as usize, 1);
-        assert_eq!(DnsResult::Static as usize, 2);
-        for (i, result) in DrainResult::ALL.iter().enumerate() {
-            assert_eq!(*result as usize, i);
-        }
-    }
-
-    #[test]
-    fn instances_are_isolated_and_render_labelled_series() {
-        let a = Metrics::new(100);
-        let b = Metrics::new(100);
-        let name: Arc<str> = Arc::from("bybit");
-        let m = a.upstream(&name, 30);
-        struct Fixed;
-        impl PoolGaugeSource for Fixed {
-            fn snapshot(&self, out: &mut Vec<(Arc<str>, PoolCounts)>) {
-                let counts = PoolCounts {
-                    active: 3,
-                    idle: 1,
-                    connecting: 0,
-                    waiting: 2,
-                };
-                out.push((Arc::from("bybit"), counts));
-            }
-        }
-        let source: Arc<dyn PoolGaugeSource> = Arc::new(Fixed);
-        m.attach_pool_gauges(&Arc::downgrade(&source));
-        m.attach_pool_gauges(&Arc::downgrade(&source));
-        m.connection_closed(CloseReason::Evicted);
-        m.request_done(204, Duration::from_millis(3));
-        let text = a.render();
-        assert!(
-            text.contains("http_pool_connections_active{upstream=\"bybit\"} 3"),
-            "{text}"
-        );
-        assert_eq!(
-            text.matches("http_pool_connections_active{").count(),
-            1,
-            "a source attached twice is read once: {text}"
-        );
-        assert!(
-            text.contains("# TYPE http_pool_requests_waiting gauge\n")
-                && text.contains("http_pool_requests_waiting{upstream=\"bybit\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("http_pool_connections_limit{upstream=\"bybit\"} 30"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "http_pool_connections_closed_total{upstream=\"bybit\",reason=\"evicted\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("http_pool_requests_total{upstream=\"bybit\",status_class=\"2xx\"} 1"),
-            "{text}"
-        );
-        assert!(!b.render().contains("upstream=\"bybit\""));
-        drop(source);
-        assert!(
-            !a.render().contains("http_pool_connections_active"),
-            "a pool set that is gone is not rendered"
-        );
-        assert!(
-            !text.contains("http_pool_connections_active{upstream=\"\"}"),
-            "requests that matched no upstream have no pool gauges: {text}"
-        );
-    }
-}
+mod tests;
