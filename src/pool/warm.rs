@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::guard::SlotKind;
-use super::{Connecting, Pool, Poolable, Pooled};
+use super::{Connecting, Pool, Poolable};
 use crate::metrics::CloseReason;
 
 impl<C: Poolable> Pool<C> {
@@ -52,8 +52,10 @@ impl<C: Poolable> Pool<C> {
         self.finish(state, after);
         let (conn, id) = taken?;
         Some(Probe {
-            pooled: Some(Pooled::new(self.clone(), conn, id, true)),
+            conn: Some(conn),
+            id,
             pool: self.clone(),
+            close_reason: CloseReason::Error,
         })
     }
 
@@ -87,48 +89,71 @@ impl<C: Poolable> Pool<C> {
         self.finish(state, after);
     }
 
-    fn probe_done(&self) {
+    /// A probe is over: its connection comes back (`Some`, answered) or was closed (`None`,
+    /// already dropped, for `reason`). One transition, so the floor's count and the
+    /// connection's move are never seen apart.
+    fn probe_done(&self, back: Option<(C, u64)>, reason: CloseReason) {
+        let now = Instant::now();
         let mut state = self.lock();
         state.probe_done();
-        self.finish(state, Default::default());
+        let after = match back {
+            Some((conn, id)) if !conn.is_closed() && !conn.is_retired() => {
+                state.checkin(conn, id, now, &self.shared.cap)
+            }
+            Some((conn, _)) => {
+                let reason = if conn.is_closed() {
+                    CloseReason::UpstreamClosed
+                } else {
+                    CloseReason::DnsChanged
+                };
+                drop(conn);
+                self.metrics.connection_closed(reason);
+                state.active_closed(&self.shared.cap)
+            }
+            None => {
+                self.metrics.connection_closed(reason);
+                state.active_closed(&self.shared.cap)
+            }
+        };
+        self.finish(state, after);
     }
 }
 
 /// A floor connection out for a `warm_probe` GET (counted active). Released, it goes back to
 /// idle as just used; dropped, it is closed and the floor refills.
 pub struct Probe<C: Poolable> {
-    pooled: Option<Pooled<C>>,
+    conn: Option<C>,
+    id: u64,
     pool: Arc<Pool<C>>,
+    close_reason: CloseReason,
 }
 
 impl<C: Poolable> Probe<C> {
     /// The connection.
     pub fn conn(&mut self) -> &mut C {
-        self.pooled
-            .as_mut()
-            .expect("taken only by release() or drop")
-            .conn()
+        self.conn.as_mut().expect("taken only by release() or drop")
     }
 
     /// The probe was answered in full: the connection is idle again.
     pub fn release(mut self) {
-        if let Some(pooled) = self.pooled.take() {
-            pooled.release();
+        if let Some(conn) = self.conn.take() {
+            self.pool
+                .probe_done(Some((conn, self.id)), self.close_reason);
         }
     }
 
     /// Records why the connection will be closed when this guard drops.
     pub fn set_close_reason(&mut self, reason: CloseReason) {
-        if let Some(pooled) = self.pooled.as_mut() {
-            pooled.set_close_reason(reason);
-        }
+        self.close_reason = reason;
     }
 }
 
 impl<C: Poolable> Drop for Probe<C> {
     fn drop(&mut self) {
-        // The connection first (back to idle, or closed), then the count that held the floor.
-        drop(self.pooled.take());
-        self.pool.probe_done();
+        if let Some(conn) = self.conn.take() {
+            // Closed before its slot is handed on.
+            drop(conn);
+            self.pool.probe_done(None, self.close_reason);
+        }
     }
 }
