@@ -46,11 +46,6 @@ impl<C: Poolable> Connecting<C> {
         }
     }
 
-    /// True when the slot is for the warm floor (or a refresh of it), not a request.
-    pub fn is_warm(&self) -> bool {
-        self.kind != SlotKind::Request
-    }
-
     /// The id the connection will have in the pool (for [`Pool::connection_lost`]).
     pub fn id(&self) -> u64 {
         self.id
@@ -151,14 +146,12 @@ impl<C: Poolable> Pooled<C> {
     /// from it).
     pub fn release_at(mut self, now: Instant) {
         if let Some(conn) = self.conn.take() {
-            if conn.is_closed() {
-                drop(conn);
-                self.pool.close_active(CloseReason::UpstreamClosed);
-            } else if conn.is_retired() {
-                drop(conn);
-                self.pool.close_active(CloseReason::DnsChanged);
-            } else {
-                self.pool.checkin(conn, self.id, now);
+            match super::unusable(&conn) {
+                Some(reason) => {
+                    drop(conn);
+                    self.pool.close_active(reason);
+                }
+                None => self.pool.checkin(conn, self.id, now),
             }
         }
     }

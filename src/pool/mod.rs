@@ -62,6 +62,19 @@ pub trait Poolable: Send + 'static {
     }
 }
 
+/// Why `conn` can carry no further request, if so: closed by the peer, or retired (its address
+/// left the DNS answer). Checked in this order wherever a connection could be reused.
+fn unusable<C: Poolable>(conn: &C) -> Option<crate::metrics::CloseReason> {
+    use crate::metrics::CloseReason;
+    if conn.is_closed() {
+        Some(CloseReason::UpstreamClosed)
+    } else if conn.is_retired() {
+        Some(CloseReason::DnsChanged)
+    } else {
+        None
+    }
+}
+
 /// Which connections a checkout accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {

@@ -177,11 +177,7 @@ impl<C: Poolable> PoolState<C> {
         let mut after = After::default();
         if want == Want::Any {
             while let Some(idle) = self.idle.pop() {
-                let reason = if idle.conn.is_closed() {
-                    CloseReason::UpstreamClosed
-                } else if idle.conn.is_retired() {
-                    CloseReason::DnsChanged
-                } else {
+                let Some(reason) = super::unusable(&idle.conn) else {
                     self.active += 1;
                     return (Checkout::Reuse(idle.conn, idle.id), after);
                 };

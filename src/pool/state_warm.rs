@@ -175,12 +175,7 @@ impl<C: Poolable> PoolState<C> {
             return (None, after);
         };
         let Idle { conn, id, .. } = self.idle.remove(i);
-        if conn.is_closed() || conn.is_retired() {
-            let reason = if conn.is_closed() {
-                CloseReason::UpstreamClosed
-            } else {
-                CloseReason::DnsChanged
-            };
+        if let Some(reason) = crate::pool::unusable(&conn) {
             after.close(conn, reason);
             after.free += 1;
             return (None, after);

@@ -97,19 +97,14 @@ impl<C: Poolable> Pool<C> {
         let mut state = self.lock();
         state.probe_done();
         let after = match back {
-            Some((conn, id)) if !conn.is_closed() && !conn.is_retired() => {
-                state.checkin(conn, id, now, &self.shared.cap)
-            }
-            Some((conn, _)) => {
-                let reason = if conn.is_closed() {
-                    CloseReason::UpstreamClosed
-                } else {
-                    CloseReason::DnsChanged
-                };
-                drop(conn);
-                self.metrics.connection_closed(reason);
-                state.active_closed(&self.shared.cap)
-            }
+            Some((conn, id)) => match super::unusable(&conn) {
+                None => state.checkin(conn, id, now, &self.shared.cap),
+                Some(reason) => {
+                    drop(conn);
+                    self.metrics.connection_closed(reason);
+                    state.active_closed(&self.shared.cap)
+                }
+            },
             None => {
                 self.metrics.connection_closed(reason);
                 state.active_closed(&self.shared.cap)
