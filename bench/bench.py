@@ -24,6 +24,7 @@ import time
 import urllib.request
 
 import log_lines
+import quiet_spell
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -87,6 +88,7 @@ class Bench:
             "multi_admin": base + 51,
         }
         log_lines.add_ports(self.port, base)
+        quiet_spell.add_ports(self.port, base)
         self.sidepool_bin = args.sidepool_bin
         self.procs = {}
         self.wrappers = {}
@@ -232,6 +234,11 @@ class Bench:
     def start_exchange(self):
         w = self.work
         top, temps = self.nginx_common("exchange")
+        locations = (
+            f"    location = /v5/market/tickers {{ return 200 '{TICKER_JSON}'; }}\n"
+            f"    location = /v5/order/create {{ return 200 '{ORDER_JSON}'; }}\n"
+            "    location / { return 404 '{\"retCode\":10404,\"retMsg\":\"not found\"}'; }"
+        )
         conf = f"""{top}
 http {{
   {temps}
@@ -251,11 +258,9 @@ http {{
     ssl_session_cache shared:bench:10m;
     ssl_session_timeout 1h;
     access_log {w}/exchange-conns.log conn if=$first_request;
-    location = /v5/market/tickers {{ return 200 '{TICKER_JSON}'; }}
-    location = /v5/order/create {{ return 200 '{ORDER_JSON}'; }}
-    location / {{ return 404 '{{"retCode":10404,"retMsg":"not found"}}'; }}
+{locations}
   }}
-  server {{
+{quiet_spell.exchange_server(self, locations)}  server {{
     listen 127.0.0.1:{self.port['exchange_status']};
     location = /stub {{ stub_status; }}
   }}
@@ -314,7 +319,7 @@ http {{
 
     def sidepool_config(self, name, port, admin, upstream_port, per_host=30, max_conn=100,
                         upstreams=None, queue_timeout="5s", busy_poll=None,
-                        log_level="warn", log_format=None):
+                        log_level="warn", log_format=None, extra_pool=()):
         lines = [
             "[listen]",
             f'proxy = "127.0.0.1:{port}"',
@@ -325,6 +330,7 @@ http {{
             f"max_connections_per_host = {per_host}",
             'idle_timeout = "30s"',
             f'queue_timeout = "{queue_timeout}"',
+            *extra_pool,
             "[dns.static]",
             '"exchange.test" = "127.0.0.1"',
         ]
@@ -1037,7 +1043,8 @@ http {{
         scenarios = [("naive", self.scenario_naive), ("keepalive", self.scenario_keepalive),
                      ("added_latency", self.scenario_added_latency),
                      ("growth", self.scenario_growth), ("work", self.scenario_work),
-                     ("logging", lambda: log_lines.scenario(self))]
+                     ("logging", lambda: log_lines.scenario(self)),
+                     ("quiet_spell", lambda: quiet_spell.scenario(self))]
         for key, fn in scenarios:
             if only and key not in only:
                 continue
@@ -1168,7 +1175,7 @@ def main():
     p.add_argument("--sidepool-bin", required=True)
     p.add_argument("--port-base", type=int, default=27000)
     p.add_argument("--no-pin", dest="pin", action="store_false")
-    p.add_argument("--only", help="comma list: naive,keepalive,added_latency,growth,work,logging")
+    p.add_argument("--only", help="comma list: naive,keepalive,added_latency,growth,work,logging,quiet_spell")
     p.add_argument("--command", default="bench/run")
     args = p.parse_args()
     args.seconds = 2 if args.quick else 5

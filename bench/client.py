@@ -7,6 +7,8 @@ rate   One kept-alive connection, requests sent at a fixed rate; latency of each
        the first byte written to the last byte of the response read.
 fill   K connections at once, one request each, all in flight together (opens K upstream
        connections in a pool whose upstream is slow enough for the requests to overlap).
+burst  --n connections opened first, then one request on each, all written at the same moment
+       (a bot firing a burst of orders); latency of each from its write to its last byte.
 count  --conns kept-alive connections, each sending exactly --n requests one after another:
        a fixed amount of work, for counters that are read before and after.
 """
@@ -209,6 +211,34 @@ async def fill(args):
     print(json.dumps(results))
 
 
+async def burst(args):
+    req = build_request("GET", args.path, args.host_header)
+    conns = [await asyncio.open_connection("127.0.0.1", args.port) for _ in range(args.n)]
+    start = asyncio.Event()
+    lat, statuses, errors = [], {}, 0
+
+    async def one(reader, writer):
+        nonlocal errors
+        await start.wait()
+        t0 = time.perf_counter()
+        try:
+            writer.write(req)
+            status = await read_response_async(reader, 30)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            errors += 1
+            return
+        finally:
+            writer.close()
+        lat.append((time.perf_counter() - t0) * 1000.0)
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+
+    tasks = [asyncio.create_task(one(r, w)) for r, w in conns]
+    await asyncio.sleep(0)  # every task waits on the event before any request is written
+    start.set()
+    await asyncio.gather(*tasks)
+    print(json.dumps({"unit": "ms", "samples": lat, "statuses": statuses, "errors": errors}))
+
+
 async def count(args):
     req = build_request("GET", args.path, args.host_header)
     results = {"ok": 0, "other": 0, "errors": 0}
@@ -233,7 +263,7 @@ async def count(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["naive", "rate", "fill", "count"])
+    p.add_argument("mode", choices=["naive", "rate", "fill", "count", "burst"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--path", default=TICKER)
     p.add_argument("--host-header", default="exchange.test")
@@ -255,6 +285,8 @@ def main():
         rate(args)
     elif args.mode == "count":
         asyncio.run(count(args))
+    elif args.mode == "burst":
+        asyncio.run(burst(args))
     else:
         asyncio.run(fill(args))
 
