@@ -25,6 +25,11 @@ impl<C: Poolable> Pool<C> {
         &self.warm_wanted
     }
 
+    /// Whether the floor misses a connection that [`Pool::warm_slot`] would open now.
+    pub fn warm_missing(&self) -> bool {
+        self.lock().wants_warm()
+    }
+
     /// A slot to open a floor connection in, when one is missing and no request could use the
     /// slot. Dropped unused, the slot is freed.
     pub fn warm_slot(self: &Arc<Self>) -> Option<Connecting<C>> {

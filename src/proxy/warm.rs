@@ -28,6 +28,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Added to a refresh deadline so that one timer serves connections that went idle together.
 const TIMER_SLACK: Duration = Duration::from_millis(50);
+/// How long a missing floor connection is given to come back before a refill opens another.
+/// A burst hands its connections back within a round trip or two; opening replacements while
+/// it is in flight would spend CPU on TLS handshakes (here and at the exchange) that the burst
+/// itself needs, and would leave more idle connections than the floor once it is back.
+const REFILL_SETTLE: Duration = Duration::from_millis(250);
 /// The `user-agent` of probes, so an exchange's logs (and a test) can tell them apart.
 const PROBE_USER_AGENT: &str = "sidepool-warm-probe";
 
@@ -56,6 +61,8 @@ async fn keep_warm(proxy: Arc<Proxy>, index: usize) {
     let mut dials: JoinSet<Dialled> = JoinSet::new();
     let mut probes: JoinSet<Result<(), String>> = JoinSet::new();
     let mut backoff = Backoff::default();
+    // When the floor first missed a connection, plus REFILL_SETTLE: the refill is due then.
+    let mut refill_at: Option<Instant> = None;
     // Ends when the task is aborted. Each turn starts what is due, then sleeps until the pool
     // wants a connection, an attempt ends, or a deadline passes.
     loop {
@@ -63,8 +70,13 @@ async fn keep_warm(proxy: Arc<Proxy>, index: usize) {
         let wake = match backoff.until {
             Some(until) if until > now => Some(until),
             _ => {
-                while let Some(slot) = pool.warm_slot() {
-                    dials.spawn(warm_dial(proxy.clone(), index, slot));
+                if !pool.warm_missing() {
+                    refill_at = None;
+                } else if *refill_at.get_or_insert(now + REFILL_SETTLE) <= now {
+                    refill_at = None;
+                    while let Some(slot) = pool.warm_slot() {
+                        dials.spawn(warm_dial(proxy.clone(), index, slot));
+                    }
                 }
                 match &upstream.warm_probe {
                     None => {
@@ -78,7 +90,11 @@ async fn keep_warm(proxy: Arc<Proxy>, index: usize) {
                         }
                     }
                 }
-                pool.next_refresh().map(|at| at + TIMER_SLACK)
+                let refresh = pool.next_refresh().map(|at| at + TIMER_SLACK);
+                match (refresh, refill_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             }
         };
         let due = async {
@@ -88,7 +104,10 @@ async fn keep_warm(proxy: Arc<Proxy>, index: usize) {
             }
         };
         tokio::select! {
-            () = pool.warm_wanted().notified() => {}
+            // Off while a refill settles: the pool notifies at every change while the floor
+            // misses a connection, and a Notify never makes a task yield, so listening then
+            // would spin this task and starve the requests on its thread. The timer is set.
+            () = pool.warm_wanted().notified(), if refill_at.is_none() => {}
             Some(done) = dials.join_next(), if !dials.is_empty() => match done {
                 Ok(Ok(())) => backoff.succeeded(upstream),
                 Ok(Err((slot, error))) => {
