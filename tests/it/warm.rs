@@ -239,6 +239,34 @@ async fn a_burst_that_hands_the_floor_back_at_once_opens_no_refill() {
 }
 
 #[tokio::test]
+async fn a_floor_the_global_cap_cannot_fill_does_not_hold_other_requests() {
+    let first = TestUpstream::builder().start().await;
+    let second = TestUpstream::builder().start().await;
+    let toml = config_toml(
+        "warm_connections = 1\nmax_connections = 1",
+        &[
+            ex(first.port(), "prewarm = true"),
+            UpstreamSpec {
+                extra: "",
+                ..https("other", "exchange.test", second.port())
+            },
+        ],
+    );
+    let sidepool = Sidepool::start(&toml).await;
+    sidepool.wait_gauges("ex", (0.0, 1.0, 0.0, 0.0)).await;
+    // The only global slot goes from ex's warm connection to this request; ex's floor then
+    // misses a connection it cannot open. (Its warm task once spun on that, holding every
+    // request on its thread: the second request here never got through.)
+    for _ in 0..2 {
+        let mut client = Client::connect(sidepool.proxy).await;
+        assert_eq!(client.send(get("/other/x")).await.0, StatusCode::OK);
+    }
+    sidepool.wait_gauges("other", (0.0, 1.0, 0.0, 0.0)).await;
+    sidepool.wait_gauges("ex", (0.0, 0.0, 0.0, 0.0)).await;
+    sidepool.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_refresh_replaces_warm_connections_before_the_exchange_cuts_them() {
     let upstream = TestUpstream::builder()
         .idle_close_after(Duration::from_millis(1500))
