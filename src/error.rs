@@ -45,11 +45,14 @@ pub enum ErrorKind {
     QueueFull,
     /// 503: `listen.max_client_connections` client connections are open; this one is refused.
     TooManyClients,
+    /// 429: the upstream cools down (the exchange said stop), an endpoint is held, or its
+    /// budget is spent, past the request's deadline; nothing was sent. `Retry-After` says when.
+    RateLimited,
 }
 
 impl ErrorKind {
     /// Every kind, for metrics registration and docs.
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::BadRequest,
         ErrorKind::HeadersTooLarge,
         ErrorKind::NotAllowed,
@@ -65,6 +68,7 @@ impl ErrorKind {
         ErrorKind::RequestTimeout,
         ErrorKind::QueueFull,
         ErrorKind::TooManyClients,
+        ErrorKind::RateLimited,
     ];
 
     /// The stable identifier used in `x-sidepool-error`, the JSON body and metric labels.
@@ -91,6 +95,7 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::QueueFull => "queue_full",
             ErrorKind::TooManyClients => "too_many_clients",
+            ErrorKind::RateLimited => "rate_limited",
         }
     }
 
@@ -101,6 +106,7 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::NotAllowed => StatusCode::FORBIDDEN,
             ErrorKind::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::DnsFailed
             | ErrorKind::ConnectFailed
             | ErrorKind::TlsFailed
@@ -147,6 +153,8 @@ pub struct ProxyError {
     pub message: String,
     /// The underlying error, when there is one.
     pub cause: Option<Cause>,
+    /// Whole seconds for `Retry-After` (rate-limit refusals).
+    pub retry_after: Option<u64>,
 }
 
 impl ProxyError {
@@ -157,7 +165,14 @@ impl ProxyError {
             upstream: None,
             message: message.into(),
             cause: None,
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After: secs` to the response.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// Attaches the upstream name.
@@ -193,6 +208,9 @@ impl ProxyError {
             "x-sidepool-error",
             HeaderValue::from_static(self.kind.as_str()),
         );
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

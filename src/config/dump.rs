@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::raw::{
-    RawConfig, RawDns, RawIntercept, RawListen, RawLog, RawPool, RawRuntime, RawTls, RawUpstream,
-    WithLimits,
+    RawConfig, RawDns, RawIntercept, RawListen, RawLog, RawPool, RawPriorityRule, RawRuntime,
+    RawTls, RawUpstream, WithLimits,
 };
 use super::url::redact_url;
 use super::{Config, LogFormat};
@@ -26,6 +26,22 @@ impl Config {
                     url: redact_url(&format!("{scheme}://{}", u.authority)),
                     prewarm: u.prewarm,
                     warm_probe: u.warm_probe.clone().unwrap_or_default(),
+                    rate_limit: u.rate_limit.profile.name.to_string(),
+                    rate_limit_budget: u
+                        .rate_limit
+                        .budget
+                        .map(|b| b.to_string())
+                        .unwrap_or_default(),
+                    priority_rules: u
+                        .rate_limit
+                        .rules
+                        .iter()
+                        .map(|r| RawPriorityRule {
+                            method: r.method.clone().unwrap_or_default(),
+                            prefix: r.prefix.clone(),
+                            class: r.class.as_str().to_string(),
+                        })
+                        .collect(),
                 };
                 let table = WithLimits {
                     own,

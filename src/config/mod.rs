@@ -112,6 +112,19 @@ pub struct UpstreamConfig {
     /// `warm_probe`: an origin-form path (with an optional query) GET on idle warm connections
     /// to keep them alive instead of replacing them; `None`: replace them.
     pub warm_probe: Option<String>,
+    /// The rate-limit guard's settings for this upstream.
+    pub rate_limit: RateLimitConfig,
+}
+
+/// `rate_limit`, `rate_limit_budget` and `priority_rules` of one upstream.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// The profile in force (`auto` already resolved from the host).
+    pub profile: &'static crate::ratelimit::Profile,
+    /// The main budget in force: the override, else the profile's default for the host.
+    pub budget: Option<crate::ratelimit::Budget>,
+    /// Classes by method and path prefix, in the order written.
+    pub rules: Vec<crate::ratelimit::ClassRule>,
 }
 
 /// `[dns]`: cache policy and static host entries.

@@ -47,6 +47,30 @@ pub(super) struct RawUpstream {
     /// A path to GET on idle warm connections instead of replacing them; empty: off.
     #[serde(default)]
     pub warm_probe: String,
+    /// The rate-limit profile: `auto`, an exchange's name, `generic` or `none`.
+    #[serde(default = "auto")]
+    pub rate_limit: String,
+    /// `N/DURATION` replacing the profile's main budget; empty: the profile's.
+    #[serde(default)]
+    pub rate_limit_budget: String,
+    /// Classes for requests by method and path prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub priority_rules: Vec<RawPriorityRule>,
+}
+
+/// One `priority_rules` entry: `{ method = "GET", prefix = "/api/v3/depth", class = "low" }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPriorityRule {
+    /// Empty: every method.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
+    pub prefix: String,
+    pub class: String,
+}
+
+fn auto() -> String {
+    "auto".into()
 }
 
 /// `[dns]`.

@@ -9,17 +9,20 @@ use std::{
 };
 
 use figment::{error::Kind, value::Value};
+
+use crate::ratelimit;
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 use super::limits::{AT_LEAST_ONE, POSITIVE};
 use super::load::{Key, Loader, key};
 use super::raw::{
-    self, RawDns, RawIntercept, RawListen, RawLog, RawPool, RawRuntime, RawTls, RawUpstream,
+    self, RawDns, RawIntercept, RawListen, RawLog, RawPool, RawPriorityRule, RawRuntime, RawTls,
+    RawUpstream,
 };
 use super::url::{SocketAddrText, parse_nameserver, parse_upstream_url};
 use super::{
     Config, DnsConfig, InterceptConfig, Limits, ListenConfig, LogConfig, LogFormat, MAX_BUSY_POLL,
-    RuntimeConfig, TlsConfig, UpstreamConfig,
+    RateLimitConfig, RuntimeConfig, TlsConfig, UpstreamConfig,
 };
 
 impl Loader {
@@ -357,6 +360,7 @@ impl Loader {
             }
         };
         let (target, (max_connections, _)) = (target?, pool?);
+        let rate_limit = self.rate_limit(name, &own, &target.host);
         // The caps are independent bounds: a per-host cap above the global one is reached
         // never, so the effective cap is the smaller one (and the metrics report that).
         if limits.max_connections_per_host > *max_connections {
@@ -377,6 +381,7 @@ impl Loader {
             self.notes.push(found);
             limits.warm_connections = limits.max_connections_per_host;
         }
+        let rate_limit = rate_limit?;
         ok.then(|| UpstreamConfig {
             name: name.to_string(),
             tls: target.tls,
@@ -386,8 +391,87 @@ impl Loader {
             limits,
             prewarm: own.prewarm,
             warm_probe,
+            rate_limit,
         })
     }
+
+    /// `rate_limit`, `rate_limit_budget` and `priority_rules`: each problem reported on its key.
+    fn rate_limit(&mut self, name: &str, own: &RawUpstream, host: &str) -> Option<RateLimitConfig> {
+        let k = |field: &str| key(&["upstreams", name, field]);
+        let mut ok = true;
+        let profile = ratelimit::profile_for(&own.rate_limit, host);
+        if profile.is_none() {
+            let message = format!(
+                "`{}` is not a rate-limit profile; use one of {}",
+                own.rate_limit,
+                ratelimit::PROFILE_NAMES.join(", ")
+            );
+            self.problem(k("rate_limit"), message);
+            ok = false;
+        }
+        let budget = match own.rate_limit_budget.trim() {
+            "" => None,
+            text => match ratelimit::parse_budget(text) {
+                Ok(b) => Some(b),
+                Err(message) => {
+                    self.problem(k("rate_limit_budget"), message);
+                    ok = false;
+                    None
+                }
+            },
+        };
+        if budget.is_some() && profile.is_some_and(|p| p.is_off()) {
+            let message = "has no effect with rate_limit = \"none\"; remove it or choose a profile"
+                .to_string();
+            self.problem(k("rate_limit_budget"), message);
+            ok = false;
+        }
+        let mut rules = Vec::new();
+        for (i, rule) in own.priority_rules.iter().enumerate() {
+            match priority_rule(rule) {
+                Ok(r) => rules.push(r),
+                Err(message) => {
+                    self.problem(
+                        key(&["upstreams", name, "priority_rules", &i.to_string()]),
+                        message,
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let profile = profile?;
+        ok.then(|| RateLimitConfig {
+            profile,
+            budget: budget.or_else(|| (profile.default_budget)(host)),
+            rules,
+        })
+    }
+}
+
+/// One `priority_rules` entry: a method of capital letters (or none), a path prefix, a class.
+fn priority_rule(rule: &RawPriorityRule) -> Result<ratelimit::ClassRule, String> {
+    let method = match rule.method.trim() {
+        "" => None,
+        m if m.bytes().all(|b| b.is_ascii_alphabetic()) => Some(m.to_ascii_uppercase()),
+        m => {
+            return Err(format!(
+                "method `{m}` is not an HTTP method such as GET or POST"
+            ));
+        }
+    };
+    if !rule.prefix.starts_with('/') {
+        return Err(format!(
+            "prefix `{}` must be a path starting with '/', e.g. \"/api/v3/depth\"",
+            rule.prefix
+        ));
+    }
+    let class = ratelimit::parse_priority(rule.class.as_bytes())
+        .map_err(|_| format!("class `{}` must be high, normal or low", rule.class))?;
+    Ok(ratelimit::ClassRule {
+        method,
+        prefix: rule.prefix.clone(),
+        class,
+    })
 }
 
 /// A probe path is sent as written, so it must be a valid origin-form request target: `/`,

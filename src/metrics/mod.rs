@@ -21,8 +21,14 @@ use crate::error::ErrorKind;
 use crate::pool::PoolCounts;
 
 mod labels;
+mod rate_limit;
 
 pub use labels::{CloseReason, DnsResult, DrainResult, RetryReason, WarmResult};
+pub use rate_limit::{
+    GuardGaugeSource, GuardView, RATE_LIMIT_BUDGET_LIMIT, RATE_LIMIT_BUDGET_USED,
+    RATE_LIMIT_COOLDOWN, RATE_LIMIT_HELD, RATE_LIMIT_REFUSED, RATE_LIMIT_SIGNALS,
+    RATE_LIMIT_WAITING, RateLimitMetrics, Waiting,
+};
 
 /// Gauge: connections carrying a request now.
 pub const CONNECTIONS_ACTIVE: &str = "http_pool_connections_active";
@@ -124,10 +130,12 @@ type PoolSources = Arc<Mutex<Vec<Weak<dyn PoolGaugeSource>>>>;
 fn lock_sources(
     sources: &PoolSources,
 ) -> std::sync::MutexGuard<'_, Vec<Weak<dyn PoolGaugeSource>>> {
-    // The list is only pushed to and read: a panic elsewhere cannot leave it inconsistent.
-    sources
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock_list(sources)
+}
+
+fn lock_list<T>(list: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The lists are only pushed to and read: a panic elsewhere cannot leave one inconsistent.
+    list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The metrics of one sidepool instance: its own recorder and the handle that renders it.
@@ -135,6 +143,8 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     pool_sources: PoolSources,
+    /// The rate-limit guards a scrape reads (cooldowns left, budgets used).
+    guard_sources: Mutex<Vec<Weak<dyn GuardGaugeSource>>>,
     /// Errors for requests that matched no upstream (label `upstream=""`).
     unrouted: UpstreamMetrics,
     /// Open client connections (changed by increments, so concurrent updates never reorder).
@@ -160,6 +170,7 @@ impl Metrics {
         let (unrouted, client_connections, busy_poll_threads) =
             metrics::with_local_recorder(&recorder, || {
                 describe_all();
+                rate_limit::describe();
                 metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
                 let client_connections = metrics::gauge!(CLIENT_CONNECTIONS);
                 client_connections.set(0.0);
@@ -175,6 +186,7 @@ impl Metrics {
             recorder,
             handle,
             pool_sources,
+            guard_sources: Mutex::new(Vec::new()),
             unrouted,
             client_connections,
             busy_poll_threads,
@@ -224,6 +236,15 @@ impl Metrics {
             source.snapshot(&mut counts);
         }
         render_pool_gauges(&mut text, &counts);
+        let guards: Vec<_> = lock_list(&self.guard_sources)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut views = Vec::new();
+        for source in guards {
+            source.snapshot(&mut views);
+        }
+        rate_limit::render_guard_gauges(&mut text, &views);
         // Kept by the log writer, which is process-wide and outlives any one recorder.
         let _ = write!(
             text,

@@ -14,6 +14,11 @@ fn label_arrays_are_indexed_by_discriminant() {
         assert_eq!(*result as usize, i);
     }
     assert_eq!(WarmResult::Failed as usize, 1);
+    for (i, cause) in crate::ratelimit::Cause::ALL.iter().enumerate() {
+        assert_eq!(*cause as usize, i);
+    }
+    assert_eq!(crate::ratelimit::Reason::Budget as usize, 2);
+    assert_eq!(crate::ratelimit::Class::Low as usize, 2);
 }
 
 #[test]

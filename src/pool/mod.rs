@@ -1,4 +1,4 @@
-//! The connection pool: per-upstream caps, the global cap, the FIFO wait queue, the idle set,
+//! The connection pool: per-upstream caps, the global cap, the wait queue, the idle set,
 //! reaping, and the pool gauges (rendered from pool state, so nothing else can set them).
 //!
 //! Knows nothing of HTTP, DNS or TLS: a pooled connection is any [`Poolable`]. The proxy asks
@@ -9,7 +9,8 @@
 //!   to the oldest waiter; dropped unreleased, it is closed and its slot is freed;
 //! - a waiter (inside [`Pool::checkout`]) that leaves the queue when its future is dropped.
 //!
-//! Waiters are served in arrival order: within a pool by its FIFO queue, and across pools
+//! Waiters are served by class (`high`, `normal`, `low`), then arrival, within a pool (with
+//! an anti-starvation rule, `waiters`), and in arrival order across pools
 //! when the global cap is what blocks them: a slot freed in one pool goes to an older waiter
 //! of another pool that is starved by the global cap before this pool's own younger waiters,
 //! so one busy upstream cannot starve the others.
@@ -18,6 +19,7 @@
 //! - `state`: one upstream's counts, idle list and queue, and every transition of them; no
 //!   `Arc`, no metrics. Transitions return what must happen after the unlock.
 //! - `global`: the global cap and the queue of waiters it starves.
+//! - `waiters`: one upstream's queue in service order.
 //! - `upstream`: [`Pool`], the lock around a state and the after-unlock work.
 //! - `set`: [`PoolSet`], what the pools share: the hand-out of freed global slots to starved
 //!   waiters, eviction across pools, and the gauge snapshot a scrape takes.
@@ -39,6 +41,7 @@ mod reaper;
 mod set;
 mod state;
 mod upstream;
+mod waiters;
 mod warm;
 
 use std::sync::{Mutex, MutexGuard};

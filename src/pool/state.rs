@@ -11,14 +11,14 @@
 //! global cap, or handed to a waiter); a connection is *released* when its exchange ended and it
 //! comes back for reuse ([`super::Pooled::release`]).
 
-use std::collections::VecDeque;
-
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::global::GlobalCap;
+use super::waiters::{Queued, Waiters};
 use super::{PoolCounts, Poolable, Want};
 use crate::metrics::CloseReason;
+use crate::ratelimit::Class;
 
 /// A kept-alive connection waiting for reuse.
 pub(super) struct Idle<C> {
@@ -33,9 +33,19 @@ pub(super) struct Idle<C> {
 pub(super) struct Waiting<C> {
     pub(super) id: u64,
     want: Want,
+    class: Class,
     /// Registered in the global starved queue.
     pub(super) starved: bool,
     tx: oneshot::Sender<Grant<C>>,
+}
+
+impl<C> Queued for Waiting<C> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn class(&self) -> Class {
+        self.class
+    }
 }
 
 /// What a waiter is handed when it leaves the queue.
@@ -94,7 +104,7 @@ pub(super) struct PoolState<C> {
     idle: Vec<Idle<C>>,
     active: usize,
     connecting: usize,
-    waiters: VecDeque<Waiting<C>>,
+    waiters: Waiters<Waiting<C>>,
     /// The warm floor: idle connections kept ready once `warm_armed` (`warm_connections`).
     warm: usize,
     /// The upstream has carried a request (or `prewarm`): the floor applies.
@@ -114,7 +124,7 @@ impl<C: Poolable> PoolState<C> {
             idle: Vec::new(),
             active: 0,
             connecting: 0,
-            waiters: VecDeque::new(),
+            waiters: Waiters::default(),
             warm: warm.min(cap),
             warm_armed: false,
             warming: 0,
@@ -147,7 +157,7 @@ impl<C: Poolable> PoolState<C> {
         &self.idle
     }
 
-    /// The queue, oldest first.
+    /// The queue, in service order.
     #[cfg(test)]
     pub(super) fn waiters(&self) -> impl Iterator<Item = &Waiting<C>> {
         self.waiters.iter()
@@ -166,11 +176,12 @@ impl<C: Poolable> PoolState<C> {
 
     /// A connection to use: the most recently used idle one (unless `want` is
     /// [`Want::NewOnly`]), or a slot to open a new one, or, when neither is free, a place in the
-    /// queue. `evict_elsewhere` closes another pool's least recently used idle connection and
+    /// queue, served by `class` then arrival. `evict_elsewhere` closes another pool's least recently used idle connection and
     /// keeps its global slot for this pool, when the global cap is what blocks.
     pub(super) fn checkout(
         &mut self,
         want: Want,
+        class: Class,
         global: &GlobalCap,
         evict_elsewhere: impl FnOnce() -> bool,
     ) -> (Checkout<C>, After<C>) {
@@ -206,7 +217,7 @@ impl<C: Poolable> PoolState<C> {
             }
             return (self.start_connecting(), after);
         }
-        (self.enqueue(want, global), after)
+        (self.enqueue(want, class, global), after)
     }
 
     fn start_connecting(&mut self) -> Checkout<C> {
@@ -217,7 +228,7 @@ impl<C: Poolable> PoolState<C> {
     /// Joins the queue. A waiter under its own cap is blocked by the global cap (starved): it
     /// registers globally, then re-checks the global count so a slot freed meanwhile is not
     /// lost.
-    fn enqueue(&mut self, want: Want, global: &GlobalCap) -> Checkout<C> {
+    fn enqueue(&mut self, want: Want, class: Class, global: &GlobalCap) -> Checkout<C> {
         let starved = self.open() < self.cap;
         if self
             .max_waiting
@@ -231,16 +242,17 @@ impl<C: Poolable> PoolState<C> {
         }
         let id = global.next_waiter_id();
         let (tx, rx) = oneshot::channel();
-        self.waiters.push_back(Waiting {
+        self.waiters.push(Waiting {
             id,
             want,
+            class,
             starved,
             tx,
         });
         if starved {
             global.register(self.index, id);
             if global.try_take() {
-                self.waiters.pop_back();
+                self.waiters.remove(id);
                 global.unregister(self.index, id);
                 return self.start_connecting();
             }
@@ -270,7 +282,7 @@ impl<C: Poolable> PoolState<C> {
             self.mark_starved(global);
             return 1;
         }
-        while let Some(waiter) = self.waiters.pop_front() {
+        while let Some(waiter) = self.waiters.pop() {
             if self.grant_slot(waiter, global) {
                 return 0;
             }
@@ -278,10 +290,10 @@ impl<C: Poolable> PoolState<C> {
         1
     }
 
-    /// True when another pool's starved waiter arrived before this pool's oldest waiter: a
+    /// True when another pool's starved waiter arrived before this pool's next waiter: a
     /// slot freed here is owed to it.
     fn other_pool_waits_longer(&self, global: &GlobalCap) -> bool {
-        let Some(front) = self.waiters.front() else {
+        let Some(front) = self.waiters.next() else {
             return false;
         };
         // Equal ids mean the oldest starved waiter is this pool's own front waiter.
@@ -333,7 +345,7 @@ impl<C: Poolable> PoolState<C> {
                 self.mark_starved(global);
                 break;
             }
-            let Some(waiter) = self.waiters.pop_front() else {
+            let Some(waiter) = self.waiters.pop() else {
                 returned = Some(conn);
                 break;
             };
@@ -396,16 +408,16 @@ impl<C: Poolable> PoolState<C> {
     /// A slot taken from the global cap for starved waiter `id`: granted if it still waits and
     /// is under this pool's cap. False leaves the slot with the caller.
     pub(super) fn grant_to_starved(&mut self, id: u64, global: &GlobalCap) -> bool {
-        let Some(pos) = self.waiters.iter().position(|w| w.id == id) else {
+        let Some(waiter) = self.waiters.get_mut(id) else {
             return false;
         };
         // It left the global queue when it was picked.
-        self.waiters[pos].starved = false;
+        waiter.starved = false;
         if self.open() >= self.cap {
             // Now blocked by its own cap; this pool's own frees will serve it.
             return false;
         }
-        let waiter = self.waiters.remove(pos).expect("found above");
+        let waiter = self.waiters.remove(id).expect("found above");
         let sent = self.grant_slot(waiter, global);
         // The caller is the global hand-out loop, which serves whoever registers here next.
         self.mark_starved(global);
@@ -415,8 +427,7 @@ impl<C: Poolable> PoolState<C> {
     /// Waiter `id` leaves the queue. `None` when it is no longer queued: a grant raced its
     /// departure and the caller gives that grant back.
     pub(super) fn waiter_left(&mut self, id: u64, global: &GlobalCap) -> Option<After<C>> {
-        let pos = self.waiters.iter().position(|w| w.id == id)?;
-        let waiter = self.waiters.remove(pos).expect("found above");
+        let waiter = self.waiters.remove(id)?;
         if waiter.starved {
             global.unregister(self.index, id);
         }

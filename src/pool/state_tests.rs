@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::{Duration, Instant};
 
 use super::*;
+use crate::ratelimit::Class;
 
 struct Conn(Arc<AtomicBool>);
 
@@ -37,7 +38,7 @@ fn no_eviction() -> bool {
 
 /// Checks out, expecting a slot, and establishes a connection in it (active).
 fn connect(state: &mut PoolState<Conn>, global: &GlobalCap) {
-    let (checkout, after) = state.checkout(Want::Any, global, no_eviction);
+    let (checkout, after) = state.checkout(Want::Any, Class::Normal, global, no_eviction);
     assert!(matches!(checkout, Checkout::Connect));
     assert!(after.closed.is_empty() && after.free == 0);
     state.connected();
@@ -59,7 +60,7 @@ fn slot_then_idle_then_reuse_of_the_same_connection() {
     let after = state.checkin(Conn::open(), 7, Instant::now(), &global);
     assert!(after.closed.is_empty() && after.free == 0 && !after.hand_out);
     assert_eq!(state.counts(), counts(0, 1, 0, 0));
-    let (checkout, _) = state.checkout(Want::Any, &global, no_eviction);
+    let (checkout, _) = state.checkout(Want::Any, Class::Normal, &global, no_eviction);
     assert!(matches!(checkout, Checkout::Reuse(_, 7)));
     assert_eq!((state.counts(), global.open()), (counts(1, 0, 0, 0), 1));
 }
@@ -73,7 +74,7 @@ fn a_closed_idle_connection_is_closed_and_its_slot_reused_for_a_new_one() {
     let closed = conn.0.clone();
     let _ = state.checkin(conn, 1, Instant::now(), &global);
     closed.store(true, Ordering::SeqCst);
-    let (checkout, after) = state.checkout(Want::Any, &global, no_eviction);
+    let (checkout, after) = state.checkout(Want::Any, Class::Normal, &global, no_eviction);
     assert!(matches!(checkout, Checkout::Connect));
     assert_eq!(after.closed.len(), 1);
     assert_eq!(after.closed[0].1, CloseReason::UpstreamClosed);
@@ -86,7 +87,11 @@ fn at_the_cap_a_checkout_queues_and_a_checkin_hands_over_the_connection() {
     let global = GlobalCap::new(10);
     let mut state = PoolState::new(0, 1, None, 0);
     connect(&mut state, &global);
-    let (_, mut rx) = queued(state.checkout(Want::Any, &global, no_eviction).0);
+    let (_, mut rx) = queued(
+        state
+            .checkout(Want::Any, Class::Normal, &global, no_eviction)
+            .0,
+    );
     assert_eq!(state.counts(), counts(1, 0, 0, 1));
     let after = state.checkin(Conn::open(), 3, Instant::now(), &global);
     assert!(after.closed.is_empty() && after.free == 0);
@@ -99,11 +104,39 @@ fn at_the_cap_a_checkout_queues_and_a_checkin_hands_over_the_connection() {
 }
 
 #[test]
+fn a_high_waiter_is_served_before_older_normal_and_low_ones() {
+    let global = GlobalCap::new(10);
+    let mut state = PoolState::new(0, 1, None, 0);
+    connect(&mut state, &global);
+    let mut wait = |class| queued(state.checkout(Want::Any, class, &global, no_eviction).0).1;
+    let (mut low, mut normal, mut high) =
+        (wait(Class::Low), wait(Class::Normal), wait(Class::High));
+    let _ = state.checkin(Conn::open(), 1, Instant::now(), &global);
+    assert!(
+        matches!(high.try_recv(), Ok(Grant::Conn(_, 1))),
+        "high first"
+    );
+    assert!(normal.try_recv().is_err() && low.try_recv().is_err());
+    let _ = state.checkin(Conn::open(), 1, Instant::now(), &global);
+    assert!(
+        matches!(normal.try_recv(), Ok(Grant::Conn(_, 1))),
+        "then normal"
+    );
+    let _ = state.checkin(Conn::open(), 1, Instant::now(), &global);
+    assert!(matches!(low.try_recv(), Ok(Grant::Conn(_, 1))), "low last");
+    assert_eq!(state.counts(), counts(1, 0, 0, 0));
+}
+
+#[test]
 fn a_departed_waiter_is_skipped_and_the_connection_goes_idle() {
     let global = GlobalCap::new(10);
     let mut state = PoolState::new(0, 1, None, 0);
     connect(&mut state, &global);
-    let (_, rx) = queued(state.checkout(Want::Any, &global, no_eviction).0);
+    let (_, rx) = queued(
+        state
+            .checkout(Want::Any, Class::Normal, &global, no_eviction)
+            .0,
+    );
     drop(rx);
     let _ = state.checkin(Conn::open(), 1, Instant::now(), &global);
     assert_eq!(state.counts(), counts(0, 1, 0, 0));
@@ -117,7 +150,7 @@ fn new_only_at_the_cap_closes_the_least_recently_used_idle_one() {
     connect(&mut state, &global);
     let _ = state.checkin(Conn::open(), 1, Instant::now(), &global);
     let _ = state.checkin(Conn::open(), 2, Instant::now(), &global);
-    let (checkout, after) = state.checkout(Want::NewOnly, &global, no_eviction);
+    let (checkout, after) = state.checkout(Want::NewOnly, Class::Normal, &global, no_eviction);
     assert!(matches!(checkout, Checkout::Connect));
     assert_eq!(after.closed.len(), 1);
     assert_eq!(after.closed[0].1, CloseReason::Evicted);
@@ -130,7 +163,11 @@ fn a_new_only_waiter_gets_a_slot_when_a_connection_comes_back() {
     let global = GlobalCap::new(10);
     let mut state = PoolState::new(0, 1, None, 0);
     connect(&mut state, &global);
-    let (_, mut rx) = queued(state.checkout(Want::NewOnly, &global, no_eviction).0);
+    let (_, mut rx) = queued(
+        state
+            .checkout(Want::NewOnly, Class::Normal, &global, no_eviction)
+            .0,
+    );
     let after = state.checkin(Conn::open(), 1, Instant::now(), &global);
     assert_eq!(after.closed[0].1, CloseReason::Evicted);
     assert!(matches!(rx.try_recv(), Ok(Grant::Slot)));
@@ -142,9 +179,15 @@ fn a_full_queue_refuses() {
     let global = GlobalCap::new(10);
     let mut state = PoolState::new(0, 1, Some(1), 0);
     connect(&mut state, &global);
-    let (id, _rx) = queued(state.checkout(Want::Any, &global, no_eviction).0);
+    let (id, _rx) = queued(
+        state
+            .checkout(Want::Any, Class::Normal, &global, no_eviction)
+            .0,
+    );
     assert!(matches!(
-        state.checkout(Want::Any, &global, no_eviction).0,
+        state
+            .checkout(Want::Any, Class::Normal, &global, no_eviction)
+            .0,
         Checkout::Full
     ));
     assert!(state.waiter_left(id, &global).is_some());
@@ -180,10 +223,10 @@ fn a_waiter_blocked_by_the_global_cap_is_starved_and_served_from_it() {
     let mut a = PoolState::<Conn>::new(0, 1, None, 0);
     let mut b = PoolState::<Conn>::new(1, 1, None, 0);
     assert!(matches!(
-        a.checkout(Want::Any, &global, no_eviction).0,
+        a.checkout(Want::Any, Class::Normal, &global, no_eviction).0,
         Checkout::Connect
     ));
-    let (id, mut rx) = queued(b.checkout(Want::Any, &global, no_eviction).0);
+    let (id, mut rx) = queued(b.checkout(Want::Any, Class::Normal, &global, no_eviction).0);
     assert_eq!(global.starved_now(), (vec![(1, id)], 1));
     // a gives its slot up; with no waiter of its own, it is freed globally...
     let after = a.connect_abandoned(&global);
@@ -205,8 +248,8 @@ fn a_slot_freed_here_goes_to_an_older_starved_waiter_elsewhere() {
     connect(&mut a, &global);
     connect(&mut b, &global);
     // b (under its cap, at the global one) queues first, then a (at its own cap).
-    let (b_id, _b_rx) = queued(b.checkout(Want::Any, &global, no_eviction).0);
-    let (_, mut a_rx) = queued(a.checkout(Want::Any, &global, no_eviction).0);
+    let (b_id, _b_rx) = queued(b.checkout(Want::Any, Class::Normal, &global, no_eviction).0);
+    let (_, mut a_rx) = queued(a.checkout(Want::Any, Class::Normal, &global, no_eviction).0);
     let after = a.checkin(Conn::open(), 1, Instant::now(), &global);
     assert_eq!(after.free, 1, "the slot is owed to b's older waiter");
     assert_eq!(after.closed[0].1, CloseReason::Evicted);
@@ -243,7 +286,7 @@ fn the_floor_opens_after_a_first_request_and_counts_as_connecting_then_idle() {
     assert_eq!((state.counts(), state.warming()), (counts(0, 2, 0, 0), 0));
     assert_eq!(global.open(), 2);
     // A failed warm connect frees its slot.
-    let (checkout, _) = state.checkout(Want::Any, &global, no_eviction);
+    let (checkout, _) = state.checkout(Want::Any, Class::Normal, &global, no_eviction);
     assert!(matches!(checkout, Checkout::Reuse(_, 2)));
     assert!(state.start_warm(&global));
     let after = state.warm_abandoned(&global);
@@ -256,9 +299,13 @@ fn the_floor_never_takes_a_slot_a_request_could_use() {
     // A request waits in this pool (at its cap): no refill.
     let global = GlobalCap::new(10);
     let mut state = armed(1, 1, &global, now);
-    let (checkout, _) = state.checkout(Want::Any, &global, no_eviction);
+    let (checkout, _) = state.checkout(Want::Any, Class::Normal, &global, no_eviction);
     assert!(matches!(checkout, Checkout::Reuse(..)));
-    let (waiting, _rx) = queued(state.checkout(Want::Any, &global, no_eviction).0);
+    let (waiting, _rx) = queued(
+        state
+            .checkout(Want::Any, Class::Normal, &global, no_eviction)
+            .0,
+    );
     assert!(!state.wants_warm() && !state.start_warm(&global));
     let _ = state.waiter_left(waiting, &global);
     // Another pool's request is starved for a global slot: no refill either.
@@ -279,11 +326,15 @@ fn a_warm_connection_that_opens_while_a_request_waits_goes_to_the_request() {
     let global = GlobalCap::new(10);
     let now = Instant::now();
     let mut state = armed(2, 1, &global, now);
-    let (checkout, _) = state.checkout(Want::Any, &global, no_eviction);
+    let (checkout, _) = state.checkout(Want::Any, Class::Normal, &global, no_eviction);
     assert!(matches!(checkout, Checkout::Reuse(..)));
     assert!(state.start_warm(&global));
     // The pool is at its cap (one active, one warming): the next request queues.
-    let (_, mut rx) = queued(state.checkout(Want::Any, &global, no_eviction).0);
+    let (_, mut rx) = queued(
+        state
+            .checkout(Want::Any, Class::Normal, &global, no_eviction)
+            .0,
+    );
     let _ = state.warm_connected(Conn::open(), 2, now, &global);
     assert!(matches!(rx.try_recv(), Ok(Grant::Conn(_, 2))));
     assert_eq!(state.counts(), counts(2, 0, 0, 0));
@@ -295,7 +346,7 @@ fn the_reaper_keeps_the_floor_and_closes_the_rest() {
     let start = Instant::now();
     let timeout = Duration::from_secs(30);
     let mut state = armed(4, 1, &global, start);
-    let (reused, _) = state.checkout(Want::Any, &global, no_eviction);
+    let (reused, _) = state.checkout(Want::Any, Class::Normal, &global, no_eviction);
     assert!(matches!(reused, Checkout::Reuse(_, 1)));
     connect(&mut state, &global);
     connect(&mut state, &global);
@@ -364,7 +415,7 @@ fn a_stale_connection_used_during_its_refresh_is_kept() {
     let refresh = Duration::from_secs(50);
     let mut state = armed(3, 1, &global, start);
     let (slot, _) = state.start_refresh(start + refresh, refresh, &global);
-    let (checkout, _) = state.checkout(Want::Any, &global, no_eviction);
+    let (checkout, _) = state.checkout(Want::Any, Class::Normal, &global, no_eviction);
     let Checkout::Reuse(conn, 1) = checkout else {
         panic!("the stale one is still usable");
     };
@@ -396,7 +447,7 @@ fn a_probe_takes_a_stale_floor_connection_out_and_holds_its_place_in_the_floor()
     // A stale connection found closed is closed, not probed.
     let dead = Conn::open();
     dead.0.store(true, Ordering::SeqCst);
-    let (checkout, _) = state.checkout(Want::Any, &global, no_eviction);
+    let (checkout, _) = state.checkout(Want::Any, Class::Normal, &global, no_eviction);
     assert!(matches!(checkout, Checkout::Reuse(..)));
     let _ = state.checkin(dead, 9, start, &global);
     let (taken, after) = state.take_for_probe(start + refresh, refresh);

@@ -12,6 +12,7 @@ use super::set::Shared;
 use super::state::{After, Checkout, Grant, Idle, PoolState};
 use super::{Acquired, CheckoutError, Connecting, PoolCounts, PoolLimits, Poolable, Pooled, Want};
 use crate::metrics::{CloseReason, UpstreamMetrics};
+use crate::ratelimit::Class;
 
 /// The pool of one upstream.
 pub struct Pool<C: Poolable> {
@@ -81,7 +82,7 @@ impl<C: Poolable> Pool<C> {
     }
 
     /// A connection to use: the most recently used idle one, or a slot to open a new one, or,
-    /// when neither is free, a place in the FIFO queue for up to `queue_timeout`.
+    /// when neither is free, a place in the queue (class `normal`) for up to `queue_timeout`.
     pub async fn checkout(self: &Arc<Self>, want: Want) -> Result<Acquired<C>, CheckoutError> {
         self.checkout_timed(want).await.0
     }
@@ -93,7 +94,18 @@ impl<C: Poolable> Pool<C> {
         self: &Arc<Self>,
         want: Want,
     ) -> (Result<Acquired<C>, CheckoutError>, Duration) {
-        let mut waiter = match self.try_checkout(want) {
+        self.checkout_queued(want, Class::Normal, None).await
+    }
+
+    /// [`Pool::checkout_timed`] for a request of `class` that waits at most until `until`
+    /// (`None`: `queue_timeout` from now). Waiters are served by class, then arrival.
+    pub async fn checkout_queued(
+        self: &Arc<Self>,
+        want: Want,
+        class: Class,
+        until: Option<Instant>,
+    ) -> (Result<Acquired<C>, CheckoutError>, Duration) {
+        let mut waiter = match self.try_checkout(want, class) {
             Checkout::Reuse(conn, id) => {
                 return (Ok(self.acquired(Grant::Conn(conn, id))), Duration::ZERO);
             }
@@ -102,7 +114,8 @@ impl<C: Poolable> Pool<C> {
             Checkout::Queued(id, rx) => Waiter::new(self.clone(), id, rx),
         };
         let queued = Instant::now();
-        let granted = tokio::time::timeout(self.limits.queue_timeout, waiter.granted()).await;
+        let until = until.unwrap_or(queued + self.limits.queue_timeout);
+        let granted = tokio::time::timeout_at(until, waiter.granted()).await;
         let waited = queued.elapsed();
         let acquired = match granted {
             Ok(Some(grant)) => Ok(self.acquired(grant)),
@@ -113,10 +126,10 @@ impl<C: Poolable> Pool<C> {
     }
 
     /// The checkout transition (no `.await`: the lock stays out of the future).
-    fn try_checkout(&self, want: Want) -> Checkout<C> {
+    fn try_checkout(&self, want: Want, class: Class) -> Checkout<C> {
         let mut state = self.lock();
         let index = state.index();
-        let (checkout, after) = state.checkout(want, &self.shared.cap, || {
+        let (checkout, after) = state.checkout(want, class, &self.shared.cap, || {
             self.shared.evict_idle_elsewhere(index)
         });
         self.finish(state, after);

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::log::Completion;
+use super::rate_limit::AnswerReader;
 use crate::error::ErrorKind;
 use crate::metrics::CloseReason;
 use crate::pool::Pooled;
@@ -28,6 +29,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum RequestBody {
     /// The client's body, streamed as it arrives.
     Client(Incoming),
+    /// The client's body, read whole first because the rate-limit profile weighs requests by
+    /// their body (Hyperliquid); the exact bytes the client sent, taken when sent.
+    Full(Option<Bytes>),
     /// No body.
     Empty,
 }
@@ -59,6 +63,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
             RequestBody::Client(body) => Pin::new(body).poll_frame(cx).map_err(ClientBodyError),
+            RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -66,6 +71,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Full(bytes) => bytes.is_none(),
             RequestBody::Empty => true,
         }
     }
@@ -73,6 +79,9 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
@@ -165,6 +174,8 @@ pub struct UpstreamBody {
     /// The client may have the response head: a data frame went out with it, or the body had
     /// to wait, and hyper flushes the head while it waits.
     head_out: bool,
+    /// The rate-limit guard reads this answer's body (a ban or limit code in it).
+    answer: Option<Box<AnswerReader>>,
 }
 
 impl UpstreamBody {
@@ -176,6 +187,7 @@ impl UpstreamBody {
         read_timeout: Duration,
         deadline: Instant,
         completion: Completion,
+        answer: Option<Box<AnswerReader>>,
     ) -> Self {
         let end = inner.is_end_stream();
         let mut body = UpstreamBody {
@@ -188,6 +200,7 @@ impl UpstreamBody {
             last_progress: None,
             completion: Some(completion),
             head_out: false,
+            answer,
         };
         if end {
             body.finish(true);
@@ -197,6 +210,9 @@ impl UpstreamBody {
 
     /// Ends the exchange: the connection is reused only after a complete, reusable response.
     fn finish(&mut self, complete: bool) {
+        if let Some(answer) = self.answer.take() {
+            answer.done(complete);
+        }
         // One clock reading for both: the connection's idle time and the request's duration.
         let now = Instant::now();
         if let Some(pooled) = self.pooled.take() {
@@ -219,6 +235,9 @@ impl UpstreamBody {
     /// log and metrics when the head cannot have gone out: hyper then drops it with the
     /// connection, so the client never saw that status.
     fn fail(&mut self, reason: CloseReason, outcome: &'static str, status_if_nothing_sent: u16) {
+        if let Some(answer) = self.answer.take() {
+            answer.done(false);
+        }
         if let Some(mut pooled) = self.pooled.take() {
             pooled.set_close_reason(reason);
         }
@@ -248,6 +267,9 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if this.last_progress.is_some() {
                     this.last_progress = Some(Instant::now());
+                }
+                if let (Some(answer), Some(data)) = (this.answer.as_mut(), frame.data_ref()) {
+                    answer.feed(data);
                 }
                 this.head_out |= frame.is_data();
                 // hyper stops polling a body whose length is known once it reports its end, so
@@ -306,6 +328,9 @@ impl Drop for UpstreamBody {
         // Not read to the end: the client left (or hyper stopped polling). Its request is
         // over, and its line says so; the connection is saved by reading the rest of the
         // response in the background when it may be reused, and closed otherwise.
+        if let Some(answer) = self.answer.take() {
+            answer.done(false);
+        }
         if let Some(completion) = self.completion.take() {
             completion.finish("client_gone");
         }

@@ -21,11 +21,13 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::{ClientBodyError, RequestBody};
-use super::{Upstream, UpstreamConn};
+use super::rate_limit::Guarded;
+use super::{About, Upstream, UpstreamConn};
 use crate::connect::UpstreamStream;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{CloseReason, RetryReason};
 use crate::pool::{Acquired, CheckoutError, Connecting, Pooled, Want};
+use crate::ratelimit::{Class, Reason};
 
 /// How many dead idle connections a request may skip before it insists on a new one.
 const STALE_SKIPS: usize = 4;
@@ -50,6 +52,36 @@ pub struct Failed {
     pub queue_wait: Duration,
     /// Connection setup paid before the failure.
     pub connect: Duration,
+    /// Nothing was sent because a rate-limit cooldown or hold started while the request took
+    /// its connection (which went back to the pool): how long it lasts, and which.
+    pub blocked: Option<(Duration, Reason)>,
+}
+
+/// What the request path decided before sending: the class and deadline of the request, and
+/// the rate-limit check to repeat once it holds a connection.
+pub struct Gate<'a> {
+    /// Its class in the pool's queue.
+    pub class: Class,
+    /// The rate-limit guard, asked again once the request holds a connection whether a
+    /// cooldown or hold blocks it now.
+    pub guard: Option<&'a Guarded>,
+    /// The request's method, path and deadline (it is sent by then or not at all).
+    pub about: &'a About,
+}
+
+impl Gate<'_> {
+    /// Where the deadline came from, for messages.
+    pub fn source(&self, queue_timeout: Duration) -> String {
+        deadline_source(self.about.asked.deadline, queue_timeout)
+    }
+}
+
+/// Where a deadline came from, for messages: the bot's header, else `queue_timeout`.
+pub fn deadline_source(asked: Option<Duration>, queue_timeout: Duration) -> String {
+    match asked {
+        Some(d) => format!("x-sidepool-deadline-ms {}", d.as_millis()),
+        None => format!("queue_timeout {queue_timeout:?}"),
+    }
 }
 
 /// Sends the request in `outgoing` to `upstream` under the re-send rule above, taking it out
@@ -61,6 +93,7 @@ pub struct Failed {
 pub async fn send(
     upstream: &Upstream,
     outgoing: &mut Option<Request<RequestBody>>,
+    gate: &Gate<'_>,
 ) -> Result<Sent, Failed> {
     let limits = &upstream.limits;
     let mut new_only = false;
@@ -70,14 +103,46 @@ pub async fn send(
     let mut deadline = None;
     // Ends: the rule allows one re-send, and the second attempt is never `first`.
     loop {
-        let got = acquire(upstream, new_only, &mut connect).await;
+        let got = acquire(upstream, new_only, gate, &mut connect).await;
         let (mut pooled, waited) = got.map_err(|error| Failed {
             error,
             queue_wait,
             connect,
+            blocked: None,
         })?;
         queue_wait += waited;
         let now = Instant::now();
+        let block = gate
+            .guard
+            .and_then(|guard| guard.blocked(&gate.about.method, gate.about.path.path()));
+        if let Some(block) = block {
+            // A cooldown started while this request waited: it must not go into it. The
+            // connection carried nothing and goes back to the pool.
+            pooled.release_at(now);
+            return Err(Failed {
+                error: ProxyError::new(ErrorKind::RateLimited, "rate limited")
+                    .with_upstream(&upstream.name),
+                queue_wait,
+                connect,
+                blocked: Some(block),
+            });
+        }
+        if now > gate.about.deadline {
+            pooled.release_at(now);
+            return Err(Failed {
+                error: ProxyError::new(
+                    ErrorKind::PoolTimeout,
+                    format!(
+                        "the request's deadline ({}) passed while its connection was being opened; nothing was sent, since a late order is rejected anyway",
+                        gate.source(limits.queue_timeout)
+                    ),
+                )
+                .with_upstream(&upstream.name),
+                queue_wait,
+                connect,
+                blocked: None,
+            });
+        }
         let deadline = *deadline.get_or_insert(now + limits.request_timeout);
         let head_deadline = (now + limits.read_timeout).min(deadline);
         // A block of its own, so that the moved-out request takes no room in the future while
@@ -93,6 +158,7 @@ pub async fn send(
                     .with_upstream(&upstream.name),
                     queue_wait,
                     connect,
+                    blocked: None,
                 });
             };
             let tried = Tried {
@@ -156,6 +222,7 @@ pub async fn send(
                     error: failure(upstream, cause, tried.reused, peer, deadline),
                     queue_wait,
                     connect,
+                    blocked: None,
                 });
             }
         }
@@ -249,15 +316,17 @@ impl std::fmt::Display for SendError {
 async fn acquire(
     upstream: &Upstream,
     fresh: bool,
+    gate: &Gate<'_>,
     connect: &mut Duration,
 ) -> Result<(Pooled<UpstreamConn>, Duration), ProxyError> {
     let metrics = upstream.pool.metrics();
     let mut waited = Duration::ZERO;
     for skip in 0..=STALE_SKIPS {
         let fresh = fresh || skip == STALE_SKIPS;
+        let want = if fresh { Want::NewOnly } else { Want::Any };
         let (acquired, queued) = upstream
             .pool
-            .checkout_timed(if fresh { Want::NewOnly } else { Want::Any })
+            .checkout_queued(want, gate.class, Some(gate.about.deadline))
             .await;
         waited += queued;
         let acquired = acquired.map_err(|err| match err {
@@ -266,8 +335,8 @@ async fn acquire(
                 ProxyError::new(
                 ErrorKind::PoolTimeout,
                 format!(
-                    "no connection became free within queue_timeout ({:?}); all {} connections are busy (raise max_connections_per_host or max_connections, or send fewer requests at once)",
-                    upstream.limits.queue_timeout, upstream.limits.max_connections_per_host
+                    "no connection became free before the request's deadline ({}); all {} connections are busy (raise max_connections_per_host or max_connections, or send fewer requests at once)",
+                    gate.source(upstream.limits.queue_timeout), upstream.limits.max_connections_per_host
                 ),
             )
             }

@@ -10,7 +10,8 @@
 //! (one line per request), `listener` (accept loop, client cap and connection settings),
 //! `refresh` (DNS changes retire connections to old addresses), `server_timing` (the latency
 //! breakdown a bot can read from each answer), `warm` (the background task that keeps the
-//! warm floor open and fresh).
+//! warm floor open and fresh), `rate_limit` (the rate-limit guard on the request path: the
+//! reserved headers, wait or refuse before a connection is taken, the answers' signals).
 
 mod body;
 mod drain;
@@ -18,6 +19,7 @@ mod forward;
 mod headers;
 mod listener;
 mod log;
+mod rate_limit;
 mod refresh;
 mod route;
 mod server_timing;
@@ -53,6 +55,7 @@ use crate::runtime::BusyPoll;
 use body::UpstreamBody;
 use listener::ClientConn;
 use log::Completion;
+use rate_limit::{Asked, GuardGauges, Guarded};
 use route::Routes;
 use server_timing::{Answered, Timing};
 
@@ -102,6 +105,8 @@ pub struct Upstream {
     prewarm: bool,
     /// `warm_probe`: warm connections are kept alive with a GET of this instead of replaced.
     warm_probe: Option<PathAndQuery>,
+    /// The rate-limit guard; `None` with `rate_limit = "none"`.
+    rate_limit: Option<Arc<Guarded>>,
 }
 
 /// Everything a request needs, shared by all client connections.
@@ -115,6 +120,8 @@ pub struct Proxy {
     interceptor: Option<Arc<Interceptor>>,
     /// `listen.server_timing`.
     server_timing: bool,
+    /// What a scrape reads the guards' gauges from (the metrics hold it weakly).
+    _guard_gauges: Arc<GuardGauges>,
 }
 
 /// A CONNECT tunnel's target: every request inside it goes to this upstream.
@@ -130,6 +137,10 @@ struct Tunnel {
 }
 
 /// What becomes of a client request once it has been checked.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the request future holds it once; boxing would cost an allocation per request"
+)]
 enum Admission {
     /// It goes to its upstream.
     Forward(Outbound),
@@ -143,10 +154,21 @@ struct Outbound {
     upstream: usize,
     /// The request as it goes upstream; taken when it is sent.
     request: Option<Request<RequestBody>>,
-    /// The client's method and the upstream path, for the log line.
+    /// What the request path knows of it besides the request itself.
+    about: About,
+}
+
+/// What is known of an outbound request, apart from it (borrowed while it is sent).
+struct About {
+    /// The client's method and the upstream path, for the log line and the rate-limit guard.
     method: Method,
     path: PathAndQuery,
     started: Instant,
+    /// The bot's `x-sidepool-*` asks.
+    asked: Asked,
+    /// Sent by then or not at all: `x-sidepool-deadline-ms`, else `queue_timeout`, from
+    /// `started`.
+    deadline: Instant,
 }
 
 impl Proxy {
@@ -169,11 +191,34 @@ impl Proxy {
                 (name, limits, upstream_metrics)
             }),
         ));
+        let wall = crate::ratelimit::system_wall_clock();
+        let store = Arc::new(crate::ratelimit::MemoryStore::new(wall.clone()));
         let upstreams = config
             .upstreams
             .iter()
             .zip(pools.pools())
             .map(|(u, pool)| {
+                let rate_limit = (!u.rate_limit.profile.is_off()).then(|| {
+                    let name = pool.name().clone();
+                    let budget = u.rate_limit.budget;
+                    let window = budget.map(|b| {
+                        let w = humantime_serde::re::humantime::format_duration(b.window);
+                        (w.to_string(), b.limit)
+                    });
+                    Arc::new(Guarded {
+                        guard: crate::ratelimit::UpstreamGuard::new(
+                            format!("default/{name}"),
+                            u.rate_limit.profile,
+                            &u.host,
+                            budget,
+                            store.clone(),
+                            wall.clone(),
+                        ),
+                        rules: u.rate_limit.rules.clone(),
+                        metrics: metrics.rate_limit(&name, window),
+                        name,
+                    })
+                });
                 let authority = HeaderValue::from_str(&u.authority).map_err(|source| {
                     StartError::Authority {
                         upstream: u.name.clone(),
@@ -189,6 +234,7 @@ impl Proxy {
                     pool: pool.clone(),
                     connector,
                     prewarm: u.prewarm,
+                    rate_limit,
                     warm_probe: match &u.warm_probe {
                         None => None,
                         Some(path) => {
@@ -211,7 +257,16 @@ impl Proxy {
         } else {
             None
         };
+        let guard_gauges = Arc::new(GuardGauges(
+            upstreams
+                .iter()
+                .filter_map(|u| u.rate_limit.clone())
+                .collect(),
+        ));
+        let source: Arc<dyn crate::metrics::GuardGaugeSource> = guard_gauges.clone();
+        metrics.attach_guard_gauges(Arc::downgrade(&source));
         Ok(Proxy {
+            _guard_gauges: guard_gauges,
             interceptor,
             server_timing: config.listen.server_timing,
             routes: Routes::new(&config.upstreams),
@@ -271,7 +326,7 @@ impl Proxy {
     /// Admits a request and rewrites it for its upstream, or answers it with the refusal.
     fn admit_and_rewrite(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         started: Instant,
         tunnel: Option<&Tunnel>,
     ) -> Admission {
@@ -279,6 +334,12 @@ impl Proxy {
             Ok(route) => (route.upstream, route.path_and_query),
             Err(err) => return self.refuse(&req, &err, started),
         };
+        let asked = match rate_limit::take_reserved(req.headers_mut()) {
+            Ok(asked) => asked,
+            Err(err) => return self.refuse(&req, &err, started),
+        };
+        let limits = &self.upstreams[upstream].limits;
+        let deadline = started + asked.deadline.unwrap_or(limits.queue_timeout);
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
         headers::strip_hop_by_hop(&mut parts.headers);
@@ -298,23 +359,37 @@ impl Proxy {
         Admission::Forward(Outbound {
             upstream,
             request: Some(Request::from_parts(parts, body)),
-            method,
-            path,
-            started,
+            about: About {
+                method,
+                path,
+                started,
+                asked,
+                deadline,
+            },
         })
     }
 
     /// Sends an admitted request and turns the upstream's answer into the client's response.
     async fn forward(&self, outbound: &mut Outbound) -> Response<ProxyBody> {
         let upstream = &self.upstreams[outbound.upstream];
-        let sent = forward::send(upstream, &mut outbound.request).await;
+        let sent = send_guarded(upstream, outbound).await;
         // The answer is about to be written and the bot's next request is likely close behind.
         if let Some(busy) = &self.busy_poll {
             busy.touch();
         }
         match sent {
-            Ok(sent) => {
+            Ok((sent, ticket)) => {
                 let (mut head, incoming) = sent.response.into_parts();
+                let answer = match (&upstream.rate_limit, ticket) {
+                    (Some(guarded), Some(ticket)) => guarded.answer(
+                        &outbound.about.method,
+                        outbound.about.path.path(),
+                        ticket,
+                        head.status.as_u16(),
+                        &head.headers,
+                    ),
+                    _ => None,
+                };
                 let reusable =
                     !headers::strip_hop_by_hop(&mut head.headers).says_close(head.version);
                 head.version = Version::HTTP_11;
@@ -330,10 +405,13 @@ impl Proxy {
                     timing.append_to(&mut head.headers);
                 }
                 let completion = Completion {
-                    started: outbound.started,
+                    started: outbound.about.started,
                     pool: upstream.pool.clone(),
-                    method: std::mem::take(&mut outbound.method),
-                    path: std::mem::replace(&mut outbound.path, PathAndQuery::from_static("/")),
+                    method: std::mem::take(&mut outbound.about.method),
+                    path: std::mem::replace(
+                        &mut outbound.about.path,
+                        PathAndQuery::from_static("/"),
+                    ),
                     status: head.status.as_u16(),
                     reused: sent.pooled.is_reused(),
                     queue_wait: sent.queue_wait,
@@ -346,6 +424,7 @@ impl Proxy {
                     upstream.limits.read_timeout,
                     sent.deadline,
                     completion,
+                    answer,
                 );
                 Response::from_parts(head, ProxyBody::Upstream(Box::new(body)))
             }
@@ -353,9 +432,9 @@ impl Proxy {
                 log::error_done(
                     &failed.error,
                     upstream.pool.metrics(),
-                    &outbound.method,
-                    outbound.path.as_str(),
-                    outbound.started,
+                    &outbound.about.method,
+                    outbound.about.path.as_str(),
+                    outbound.about.started,
                     Some(failed.queue_wait),
                 );
                 let mut response = local_error(&failed.error);
@@ -488,6 +567,62 @@ impl Proxy {
     }
 }
 
+/// Clears the request with its upstream's rate-limit guard (when it has one), then sends it.
+/// A cooldown or hold that starts while the request takes its connection sends it back to the
+/// guard, which makes it wait or refuses it; nothing is sent into a cooldown.
+async fn send_guarded(
+    upstream: &Upstream,
+    out: &mut Outbound,
+) -> Result<(forward::Sent, Option<crate::ratelimit::Ticket>), forward::Failed> {
+    let guarded = upstream.rate_limit.as_deref();
+    // Ends: the third time a block turns up after the checkout, the request is refused.
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let cleared = match guarded {
+            None => None,
+            Some(guarded) => Some(match guarded.clear_now(out) {
+                Some(cleared) => cleared,
+                // Boxed: waiting and reading bodies are the rare lane, kept out of the
+                // future hyper copies for every request.
+                None => Box::pin(guarded.clear(out, &upstream.limits))
+                    .await
+                    .map_err(|error| forward::Failed {
+                        error,
+                        queue_wait: std::time::Duration::ZERO,
+                        connect: std::time::Duration::ZERO,
+                        blocked: None,
+                    })?,
+            }),
+        };
+        let gate = forward::Gate {
+            class: cleared.map_or(
+                out.about
+                    .asked
+                    .priority
+                    .unwrap_or(crate::ratelimit::Class::Normal),
+                |c| c.class,
+            ),
+            guard: guarded,
+            about: &out.about,
+        };
+        let failed = match forward::send(upstream, &mut out.request, &gate).await {
+            Ok(sent) => return Ok((sent, cleared.map(|c| c.ticket))),
+            Err(failed) => failed,
+        };
+        let (Some(guarded), Some(cleared), Some((left, reason))) =
+            (guarded, cleared, failed.blocked)
+        else {
+            return Err(failed);
+        };
+        if rounds >= 3 {
+            guarded.metrics.refused(reason, cleared.class);
+            let error = guarded.refusal(out, left, reason, &upstream.limits);
+            return Err(forward::Failed { error, ..failed });
+        }
+    }
+}
+
 fn local_error(err: &ProxyError) -> Response<ProxyBody> {
     err.to_response().map(ProxyBody::local)
 }
@@ -497,10 +632,6 @@ mod tests {
     use super::*;
 
     /// The size of the future a function returns, without calling it.
-    fn future_size<A, B, F: Future>(_: impl FnOnce(A, B) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
     fn future_size3<A, B, C, F: Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
         std::mem::size_of::<F>()
     }
@@ -511,7 +642,7 @@ mod tests {
     #[test]
     fn request_future_stays_small() {
         let handle = future_size3(|p: Arc<Proxy>, r, c: &ClientConn| p.handle(r, c));
-        let send = future_size(forward::send);
+        let send = future_size3(forward::send);
         eprintln!("request future {handle} bytes, send future {send} bytes");
         assert!(handle <= 1200, "the request future grew to {handle} bytes");
         assert!(send <= 700, "the send future grew to {send} bytes");

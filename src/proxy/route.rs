@@ -399,6 +399,11 @@ mod tests {
             },
             prewarm: false,
             warm_probe: None,
+            rate_limit: crate::config::RateLimitConfig {
+                profile: &crate::ratelimit::profile::NONE,
+                budget: None,
+                rules: Vec::new(),
+            },
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::ratelimit::WallMs;
+use crate::ratelimit::{Class, WallMs};
 
 /// Longest window a budget may have: exchanges count per second, minute or day.
 const MAX_WINDOW: Duration = Duration::from_secs(86_400);
@@ -31,6 +31,17 @@ impl Budget {
         self.limit.saturating_sub(margin).max(1)
     }
 
+    /// The weight a request of `class` may bring the window's count up to: `high` the whole
+    /// effective limit, other classes all but a reserve of 10% of it (none below 10), so a
+    /// flood of market data cannot take the last of a window from the orders.
+    pub fn limit_for(&self, class: Class) -> u32 {
+        let effective = self.effective_limit();
+        match class {
+            Class::High => effective,
+            Class::Normal | Class::Low => effective - effective / 10,
+        }
+    }
+
     /// Window length in milliseconds (at least 1).
     pub fn window_ms(&self) -> u64 {
         (self.window.as_millis() as u64).max(1)
@@ -39,6 +50,14 @@ impl Budget {
     /// Index of the window holding wall-clock time `now`.
     pub fn window_index(&self, now: WallMs) -> u64 {
         now / self.window_ms()
+    }
+}
+
+/// `N/DURATION` as `rate_limit_budget` takes it, e.g. `6000/1m`.
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let window = humantime_serde::re::humantime::format_duration(self.window);
+        write!(f, "{}/{window}", self.limit)
     }
 }
 
@@ -123,6 +142,12 @@ mod tests {
         assert_eq!(b.effective_limit(), 5700);
         assert_eq!(Budget::new(10, Duration::from_secs(1)).effective_limit(), 9);
         assert_eq!(Budget::new(1, Duration::from_secs(1)).effective_limit(), 1);
+        assert_eq!(b.limit_for(Class::High), 5700);
+        assert_eq!(b.limit_for(Class::Low), 5130);
+        assert_eq!(
+            Budget::new(10, Duration::from_secs(1)).limit_for(Class::Low),
+            9
+        );
         // Minute windows start on the minute.
         assert_eq!(b.window_index(59_999), 0);
         assert_eq!(b.window_index(60_000), 1);

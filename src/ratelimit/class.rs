@@ -1,8 +1,7 @@
 //! Request classes (`high`, `normal`, `low`), the `x-sidepool-priority` and
-//! `x-sidepool-deadline-ms` headers, config rules, and the queue order with its
-//! anti-starvation rule.
+//! `x-sidepool-deadline-ms` headers, config rules, and the anti-starvation constant the pool's
+//! wait queue applies.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A request's class: waiting requests are served by class, then arrival order.
@@ -92,81 +91,10 @@ pub fn resolve_class(
 }
 
 /// After this many grants in a row that passed over an older waiter, the oldest waiter of all
-/// is served next, whatever its class.
-pub const FAIR_EVERY: u32 = 8;
-
-/// Waiters in service order: by class then arrival, except that every [`FAIR_EVERY`]th grant
-/// made while an older waiter of a lower class waits goes to the oldest waiter. So `high` gets
-/// at least 7 of 8 grants under contention, and a `low` waiter is never passed over forever:
+/// is served next, whatever its class (the pool's wait queue applies it). So `high` gets at
+/// least 7 of 8 grants under contention, and a `low` waiter is never passed over forever:
 /// with `k` waiters older than it, it is served within `FAIR_EVERY * (k + 1)` grants.
-#[derive(Debug)]
-pub struct ClassQueue<T> {
-    queues: [BTreeMap<u64, T>; 3],
-    next_seq: u64,
-    passed_over: u32,
-}
-
-impl<T> Default for ClassQueue<T> {
-    fn default() -> Self {
-        ClassQueue {
-            queues: [BTreeMap::new(), BTreeMap::new(), BTreeMap::new()],
-            next_seq: 0,
-            passed_over: 0,
-        }
-    }
-}
-
-impl<T> ClassQueue<T> {
-    /// Adds a waiter; the returned ticket removes it with [`ClassQueue::remove`].
-    pub fn push(&mut self, class: Class, item: T) -> (Class, u64) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.queues[class as usize].insert(seq, item);
-        (class, seq)
-    }
-
-    /// Removes a waiter that left (deadline, client gone).
-    pub fn remove(&mut self, ticket: (Class, u64)) -> Option<T> {
-        self.queues[ticket.0 as usize].remove(&ticket.1)
-    }
-
-    /// Waiters now.
-    pub fn len(&self) -> usize {
-        self.queues.iter().map(BTreeMap::len).sum()
-    }
-
-    /// True when nobody waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Waiters of one class (for the per-class waiting gauge).
-    pub fn len_of(&self, class: Class) -> usize {
-        self.queues[class as usize].len()
-    }
-
-    /// The next waiter to serve, removed.
-    pub fn pop(&mut self) -> Option<(Class, T)> {
-        let heads: Vec<(usize, u64)> = (0..3)
-            .filter_map(|c| self.queues[c].keys().next().map(|s| (c, *s)))
-            .collect();
-        let &(by_class, class_seq) = heads.first()?;
-        let &(oldest, oldest_seq) = heads.iter().min_by_key(|(_, s)| *s)?;
-        let pick = if oldest_seq == class_seq {
-            self.passed_over = 0;
-            by_class
-        } else if self.passed_over + 1 >= FAIR_EVERY {
-            self.passed_over = 0;
-            oldest
-        } else {
-            self.passed_over += 1;
-            by_class
-        };
-        let (_, item) = self.queues[pick].pop_first()?;
-        let class = [Class::High, Class::Normal, Class::Low][pick];
-        Some((class, item))
-    }
-}
+pub const FAIR_EVERY: u32 = 8;
 
 #[cfg(test)]
 mod tests {
@@ -213,34 +141,5 @@ mod tests {
         );
         assert_eq!(resolve_class(None, &[], "POST", "/x", true), Class::High);
         assert_eq!(resolve_class(None, &[], "GET", "/x", false), Class::Normal);
-    }
-
-    #[test]
-    fn class_then_arrival_with_no_starvation() {
-        let mut q = ClassQueue::default();
-        q.push(Class::Low, "low0");
-        q.push(Class::Normal, "n0");
-        q.push(Class::High, "h0");
-        q.push(Class::High, "h1");
-        assert_eq!(q.len_of(Class::High), 2);
-        assert_eq!(q.pop(), Some((Class::High, "h0")));
-        assert_eq!(q.pop(), Some((Class::High, "h1")));
-        assert_eq!(q.pop(), Some((Class::Normal, "n0")));
-        assert_eq!(q.pop(), Some((Class::Low, "low0")));
-        assert!(q.pop().is_none());
-
-        // A flood of high: one low waiter still gets the 8th grant.
-        let mut q = ClassQueue::default();
-        q.push(Class::Low, 999);
-        let mut served = Vec::new();
-        for i in 0..20 {
-            q.push(Class::High, i);
-            q.push(Class::High, i + 100);
-            served.push(q.pop().unwrap());
-        }
-        let at = served.iter().position(|(c, _)| *c == Class::Low).unwrap();
-        assert_eq!(at + 1, FAIR_EVERY as usize);
-        let t = q.push(Class::Normal, 5);
-        assert_eq!(q.remove(t), Some(5));
     }
 }

@@ -64,6 +64,18 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Every cause, in declaration order (metrics index by discriminant).
+    pub const ALL: [Cause; 8] = [
+        Cause::TooManyRequests,
+        Cause::Banned,
+        Cause::AccessTooFrequent,
+        Cause::EndpointLimit,
+        Cause::OkxTooManyRequests,
+        Cause::AddressLimit,
+        Cause::BitunixTooFrequent,
+        Cause::QuotaExhausted,
+    ];
+
     /// The label used in logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::budget::Budget;
+use super::class::Class;
 use super::facts::{Cause, Effect, RequestFacts, ResponseFacts, endpoint_key};
-use super::profile::Profile;
+use super::profile::{Assessment, Profile};
 use super::store::{Answer, Ask, Record, Store, WallClock};
 
 /// Why a request waits or is refused (a metric label).
@@ -73,6 +74,33 @@ pub struct Started {
     pub duration: Duration,
 }
 
+/// Go, or wait until the block ends, or refuse when it outlasts the deadline.
+fn decision(answer: Answer, now: Instant, deadline: Instant) -> Decision {
+    let (left, reason) = match answer {
+        Answer::Go { window } => return Decision::Go(Ticket { window }),
+        blocked => blocked_by(blocked),
+    };
+    let until = now + left;
+    if until > deadline {
+        Decision::Refuse {
+            retry_after: left,
+            reason,
+        }
+    } else {
+        Decision::Wait { until, reason }
+    }
+}
+
+/// How long a store's refusal lasts, and why. `Go` never reaches here.
+fn blocked_by(answer: Answer) -> (Duration, Reason) {
+    match answer {
+        Answer::Cooldown(left) => (left, Reason::Cooldown),
+        Answer::Held(left) => (left, Reason::Hold),
+        Answer::Full(left) => (left, Reason::Budget),
+        Answer::Go { .. } => (Duration::ZERO, Reason::Budget),
+    }
+}
+
 /// `Retry-After` value in whole seconds, rounded up.
 pub fn retry_after_secs(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000) as u64
@@ -118,79 +146,102 @@ impl<S: Store> UpstreamGuard<S> {
         self.budget
     }
 
-    /// Decides for a request at `now` that must be sent by `deadline`: refuse at once when the
-    /// deadline ends before the cooldown, hold or window does; otherwise wait.
+    /// Weight and order-ness of a request, as the profile documents them.
+    pub fn assess(&self, request: &RequestFacts<'_>) -> Assessment {
+        self.profile.assess(request)
+    }
+
+    /// Decides for a request of `weight` and `class` at `now` that must be sent by
+    /// `deadline`: refuse at once when the deadline ends before the cooldown, hold or window
+    /// does; otherwise wait.
     pub async fn admit(
         &self,
         request: &RequestFacts<'_>,
+        weight: u32,
+        class: Class,
         now: Instant,
         deadline: Instant,
     ) -> Decision {
-        if self.profile.is_off() {
+        let Some(endpoint) = self.endpoint(request) else {
             return Decision::Go(Ticket { window: None });
-        }
-        let weight = self.profile.assess(request).weight;
-        let endpoint = endpoint_key(request.method, request.path);
-        let spend = self
-            .budget
-            .map(|b| (weight, b.window_ms(), b.effective_limit()));
-        let answer = self
-            .store
-            .decide(Ask {
-                upstream: &self.key,
-                endpoint: &endpoint,
-                spend,
-            })
-            .await;
-        let (left, reason) = match answer {
-            Answer::Go { window } => return Decision::Go(Ticket { window }),
-            Answer::Cooldown(left) => (left, Reason::Cooldown),
-            Answer::Held(left) => (left, Reason::Hold),
-            Answer::Full(left) => (left, Reason::Budget),
         };
-        let until = now + left;
-        if until > deadline {
-            Decision::Refuse {
-                retry_after: left,
-                reason,
-            }
-        } else {
-            Decision::Wait { until, reason }
+        let answer = self.store.decide(self.ask(&endpoint, weight, class)).await;
+        decision(answer, now, deadline)
+    }
+
+    /// [`UpstreamGuard::admit`] without waiting, when the store can answer from local state;
+    /// `None` means the caller must use [`UpstreamGuard::admit`].
+    pub fn admit_now(
+        &self,
+        request: &RequestFacts<'_>,
+        weight: u32,
+        class: Class,
+        now: Instant,
+        deadline: Instant,
+    ) -> Option<Decision> {
+        let Some(endpoint) = self.endpoint(request) else {
+            return Some(Decision::Go(Ticket { window: None }));
+        };
+        let answer = self.store.decide_local(self.ask(&endpoint, weight, class))?;
+        Some(decision(answer, now, deadline))
+    }
+
+    /// The key of the request's endpoint; `None` when the guard is off.
+    fn endpoint(&self, request: &RequestFacts<'_>) -> Option<String> {
+        (!self.profile.is_off()).then(|| endpoint_key(request.method, request.path))
+    }
+
+    fn ask<'a>(&'a self, endpoint: &'a str, weight: u32, class: Class) -> Ask<'a> {
+        Ask {
+            upstream: &self.key,
+            endpoint,
+            spend: self
+                .budget
+                .map(|b| (weight, b.window_ms(), b.limit_for(class))),
         }
+    }
+
+    /// The cooldown or hold that blocks `request` now, if any (checked again once it holds a
+    /// connection); spends nothing.
+    pub fn blocked(&self, request: &RequestFacts<'_>) -> Option<(Duration, Reason)> {
+        let endpoint = self.endpoint(request)?;
+        self.store.blocked(&self.key, &endpoint).map(blocked_by)
+    }
+
+    /// Cooldown left for the whole upstream.
+    pub fn cooldown_left(&self) -> Duration {
+        self.store.cooldown_left(&self.key)
+    }
+
+    /// Weight counted in the main budget's current window.
+    pub fn used(&self) -> u64 {
+        self.budget
+            .map_or(0, |b| self.store.used(&self.key, b.window_ms()))
     }
 
     /// Reads an answer: starts cooldowns and holds, corrects the budget. Returns what started,
     /// for the warn log line ("cooldown started", upstream, cause, seconds).
-    pub async fn observe(
+    pub fn observe(
         &self,
         request: &RequestFacts<'_>,
         ticket: Ticket,
         response: &ResponseFacts<'_>,
     ) -> Vec<Started> {
         let now = (self.wall)();
-        let mut started = Vec::new();
+        // Several signals may read the same fact (Binance's 418: `Retry-After` and the ban
+        // body): per answer, the longest cooldown and the longest hold count, once each.
+        let (mut cooldown, mut hold) = (None::<(Duration, Cause)>, None::<(Duration, Cause)>);
         for effect in self.profile.read_answer(response, now) {
             match effect {
                 Effect::Cooldown { duration, cause } => {
-                    self.store
-                        .record(Record::Cooldown(&self.key, duration))
-                        .await;
-                    started.push(Started {
-                        upstream_wide: true,
-                        cause,
-                        duration,
-                    });
+                    if cooldown.is_none_or(|(d, _)| duration > d) {
+                        cooldown = Some((duration, cause));
+                    }
                 }
                 Effect::Hold { duration, cause } => {
-                    let endpoint = endpoint_key(request.method, request.path);
-                    self.store
-                        .record(Record::Hold(&self.key, &endpoint, duration))
-                        .await;
-                    started.push(Started {
-                        upstream_wide: false,
-                        cause,
-                        duration,
-                    });
+                    if hold.is_none_or(|(d, _)| duration > d) {
+                        hold = Some((duration, cause));
+                    }
                 }
                 Effect::UsedWeight(used) => {
                     // The header counts the exchange's 1-minute window; it corrects only a
@@ -199,10 +250,32 @@ impl<S: Store> UpstreamGuard<S> {
                         && b.window_ms() == 60_000
                     {
                         self.store
-                            .record(Record::Used(&self.key, window, 60_000, used))
-                            .await;
+                            .record(Record::Used(&self.key, window, 60_000, used));
                     }
                 }
+            }
+        }
+        let mut started = Vec::new();
+        if let Some((duration, cause)) = cooldown
+            && self.store.record(Record::Cooldown(&self.key, duration))
+        {
+            started.push(Started {
+                upstream_wide: true,
+                cause,
+                duration,
+            });
+        }
+        if let Some((duration, cause)) = hold {
+            let endpoint = endpoint_key(request.method, request.path);
+            if self
+                .store
+                .record(Record::Hold(&self.key, &endpoint, duration))
+            {
+                started.push(Started {
+                    upstream_wide: false,
+                    cause,
+                    duration,
+                });
             }
         }
         started

@@ -46,24 +46,31 @@ fn get(path: &'static str) -> RequestFacts<'static> {
 async fn cooldown_refuses_short_deadlines_and_lets_long_ones_wait() {
     let r = rig("generic", "example.org", None);
     let now = Instant::now();
-    let ticket = match r.guard.admit(&get("/a"), now, now).await {
+    let ticket = match r
+        .guard
+        .admit(
+            &get("/a"),
+            r.guard.assess(&get("/a")).weight,
+            Class::Normal,
+            now,
+            now,
+        )
+        .await
+    {
         Decision::Go(t) => t,
         other => panic!("{other:?}"),
     };
     let mut h = HeaderMap::new();
     h.insert("retry-after", "3".parse().unwrap());
-    let started = r
-        .guard
-        .observe(
-            &get("/a"),
-            ticket,
-            &ResponseFacts {
-                status: 429,
-                headers: &h,
-                body: None,
-            },
-        )
-        .await;
+    let started = r.guard.observe(
+        &get("/a"),
+        ticket,
+        &ResponseFacts {
+            status: 429,
+            headers: &h,
+            body: None,
+        },
+    );
     assert_eq!(
         started,
         vec![Started {
@@ -79,7 +86,13 @@ async fn cooldown_refuses_short_deadlines_and_lets_long_ones_wait() {
 
     let short = r
         .guard
-        .admit(&get("/b"), now, now + Duration::from_secs(1))
+        .admit(
+            &get("/b"),
+            r.guard.assess(&get("/b")).weight,
+            Class::Normal,
+            now,
+            now + Duration::from_secs(1),
+        )
         .await;
     assert_eq!(
         short,
@@ -91,7 +104,13 @@ async fn cooldown_refuses_short_deadlines_and_lets_long_ones_wait() {
     assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
     let long = r
         .guard
-        .admit(&get("/b"), now, now + Duration::from_secs(5))
+        .admit(
+            &get("/b"),
+            r.guard.assess(&get("/b")).weight,
+            Class::Normal,
+            now,
+            now + Duration::from_secs(5),
+        )
         .await;
     assert_eq!(
         long,
@@ -102,7 +121,15 @@ async fn cooldown_refuses_short_deadlines_and_lets_long_ones_wait() {
     );
     r.wall.fetch_add(3000, Ordering::SeqCst);
     assert!(matches!(
-        r.guard.admit(&get("/b"), now, now).await,
+        r.guard
+            .admit(
+                &get("/b"),
+                r.guard.assess(&get("/b")).weight,
+                Class::Normal,
+                now,
+                now
+            )
+            .await,
         Decision::Go(_)
     ));
 }
@@ -119,14 +146,32 @@ async fn binance_budget_fills_its_minute_and_is_corrected_upward() {
     // Effective limit 95: 19 depth requests of weight 5.
     let mut last = None;
     for _ in 0..19 {
-        match r.guard.admit(&get("/api/v3/depth"), now, far).await {
+        match r
+            .guard
+            .admit(
+                &get("/api/v3/depth"),
+                r.guard.assess(&get("/api/v3/depth")).weight,
+                Class::High,
+                now,
+                far,
+            )
+            .await
+        {
             Decision::Go(t) => last = Some(t),
             other => panic!("{other:?}"),
         }
     }
     // The window (started at :00, now :10) ends in 50 s.
     assert_eq!(
-        r.guard.admit(&get("/api/v3/depth"), now, now).await,
+        r.guard
+            .admit(
+                &get("/api/v3/depth"),
+                r.guard.assess(&get("/api/v3/depth")).weight,
+                Class::Normal,
+                now,
+                now
+            )
+            .await,
         Decision::Refuse {
             retry_after: Duration::from_secs(50),
             reason: Reason::Budget
@@ -136,49 +181,53 @@ async fn binance_budget_fills_its_minute_and_is_corrected_upward() {
     // Another client on the IP: the exchange counts more; the count follows it up, not down.
     let mut h = HeaderMap::new();
     h.insert("x-mbx-used-weight-1m", "99".parse().unwrap());
-    r.guard
-        .observe(
-            &get("/api/v3/depth"),
-            last.unwrap(),
-            &ResponseFacts {
-                status: 200,
-                headers: &h,
-                body: None,
-            },
-        )
-        .await;
+    r.guard.observe(
+        &get("/api/v3/depth"),
+        last.unwrap(),
+        &ResponseFacts {
+            status: 200,
+            headers: &h,
+            body: None,
+        },
+    );
     assert_eq!(r.store.used("default/api.binance.com", 60_000), 99);
     h.insert("x-mbx-used-weight-1m", "3".parse().unwrap());
-    r.guard
-        .observe(
-            &get("/api/v3/depth"),
-            last.unwrap(),
-            &ResponseFacts {
-                status: 200,
-                headers: &h,
-                body: None,
-            },
-        )
-        .await;
+    r.guard.observe(
+        &get("/api/v3/depth"),
+        last.unwrap(),
+        &ResponseFacts {
+            status: 200,
+            headers: &h,
+            body: None,
+        },
+    );
     assert_eq!(r.store.used("default/api.binance.com", 60_000), 99);
     // A new minute starts empty, and a stale header from the old one changes nothing.
     r.wall.fetch_add(50_000, Ordering::SeqCst);
-    let t = match r.guard.admit(&get("/api/v3/depth"), now, now).await {
+    let t = match r
+        .guard
+        .admit(
+            &get("/api/v3/depth"),
+            r.guard.assess(&get("/api/v3/depth")).weight,
+            Class::Normal,
+            now,
+            now,
+        )
+        .await
+    {
         Decision::Go(t) => t,
         other => panic!("{other:?}"),
     };
     h.insert("x-mbx-used-weight-1m", "90".parse().unwrap());
-    r.guard
-        .observe(
-            &get("/api/v3/depth"),
-            last.unwrap(),
-            &ResponseFacts {
-                status: 200,
-                headers: &h,
-                body: None,
-            },
-        )
-        .await;
+    r.guard.observe(
+        &get("/api/v3/depth"),
+        last.unwrap(),
+        &ResponseFacts {
+            status: 200,
+            headers: &h,
+            body: None,
+        },
+    );
     assert_eq!(r.store.used("default/api.binance.com", 60_000), 5);
     assert_ne!(t, last.unwrap());
 }
@@ -193,36 +242,59 @@ async fn bybit_hold_stops_one_endpoint_only() {
         query: None,
         body: None,
     };
-    let Decision::Go(t) = r.guard.admit(&order, now, now).await else {
+    let Decision::Go(t) = r
+        .guard
+        .admit(
+            &order,
+            r.guard.assess(&order).weight,
+            Class::Normal,
+            now,
+            now,
+        )
+        .await
+    else {
         panic!()
     };
     let mut h = HeaderMap::new();
     let reset = (r.wall.load(Ordering::SeqCst) + 800).to_string();
     h.insert("x-bapi-limit-reset-timestamp", reset.parse().unwrap());
     let body = br#"{"retCode":10006,"retMsg":"Too many visits!"}"#;
-    let started = r
-        .guard
-        .observe(
-            &order,
-            t,
-            &ResponseFacts {
-                status: 200,
-                headers: &h,
-                body: Some(body),
-            },
-        )
-        .await;
+    let started = r.guard.observe(
+        &order,
+        t,
+        &ResponseFacts {
+            status: 200,
+            headers: &h,
+            body: Some(body),
+        },
+    );
     assert_eq!(started.len(), 1);
     assert!(!started[0].upstream_wide);
     assert_eq!(
-        r.guard.admit(&order, now, now).await,
+        r.guard
+            .admit(
+                &order,
+                r.guard.assess(&order).weight,
+                Class::Normal,
+                now,
+                now
+            )
+            .await,
         Decision::Refuse {
             retry_after: Duration::from_millis(800),
             reason: Reason::Hold
         }
     );
     assert!(matches!(
-        r.guard.admit(&get("/v5/market/time"), now, now).await,
+        r.guard
+            .admit(
+                &get("/v5/market/time"),
+                r.guard.assess(&get("/v5/market/time")).weight,
+                Class::Normal,
+                now,
+                now
+            )
+            .await,
         Decision::Go(_)
     ));
 }
@@ -245,8 +317,18 @@ async fn none_never_stops() {
                     body: None
                 }
             )
-            .await
             .is_empty()
     );
-    assert_eq!(r.guard.admit(&get("/x"), now, now).await, Decision::Go(t));
+    assert_eq!(
+        r.guard
+            .admit(
+                &get("/x"),
+                r.guard.assess(&get("/x")).weight,
+                Class::Normal,
+                now,
+                now
+            )
+            .await,
+        Decision::Go(t)
+    );
 }

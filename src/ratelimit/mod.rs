@@ -3,7 +3,7 @@
 //! path hands it [`RequestFacts`] and [`ResponseFacts`] that borrow the exact bytes forwarded.
 //!
 //! - [`budget`]: `rate_limit_budget = "N/DURATION"` and fixed windows aligned to the epoch.
-//! - [`class`]: classes, the priority and deadline headers, the anti-starvation queue order.
+//! - [`class`]: classes, the priority and deadline headers, the anti-starvation rule.
 //! - [`profile`]: the profile table, `auto`, the rules every profile shares.
 //! - [`exchanges`]: Binance, Bybit, OKX, Hyperliquid, Bitunix as data plus small functions.
 //! - [`signals`]: `Retry-After`, HTTP dates, ban bodies, IETF `RateLimit`, JSON codes.
@@ -26,7 +26,7 @@ mod guard_tests;
 mod tests;
 
 pub use budget::{Budget, parse_budget};
-pub use class::{Class, ClassQueue, ClassRule, parse_deadline, parse_priority, resolve_class};
+pub use class::{Class, ClassRule, parse_deadline, parse_priority, resolve_class};
 pub use facts::{Cause, Effect, RequestFacts, ResponseFacts, endpoint_key};
 pub use profile::{
     Assessment, MAX_INSPECTED_BODY, PROFILE_NAMES, Profile, auto_profile, profile_for,

@@ -1,5 +1,5 @@
 //! Where budgets, cooldowns and holds live. The guard makes one [`Store::decide`] call per
-//! decision and one [`Store::record`] per answer, with durations rather than instants, so a
+//! decision and one [`Store::record`] per signal, with durations rather than instants, so a
 //! shared store can take time from its own server clock and do each call as one atomic
 //! server-side step (a Redis Lua script), lease budget slices locally, and fall back to a
 //! local share when it is down, all behind this trait and without changing the guard.
@@ -53,8 +53,25 @@ pub enum Record<'a> {
 pub trait Store: Send + Sync + 'static {
     /// Checks cooldown, then hold, then spends the weight: one atomic step.
     fn decide(&self, ask: Ask<'_>) -> impl Future<Output = Answer> + Send;
-    /// Records what an answer said.
-    fn record(&self, change: Record<'_>) -> impl Future<Output = ()> + Send;
+    /// [`Store::decide`] without waiting, when this store can answer from local state (the
+    /// request path's fast lane); `None` sends the caller to [`Store::decide`].
+    fn decide_local(&self, _ask: Ask<'_>) -> Option<Answer> {
+        None
+    }
+    /// The cooldown of `upstream`, else the hold of `endpoint`, still in force: checked again
+    /// once a request has its connection, so one admitted before a cooldown started is not
+    /// sent into it. Spends nothing; a shared store answers from its local view.
+    fn blocked(&self, upstream: &str, endpoint: &str) -> Option<Answer>;
+    /// Cooldown left for `upstream` (the cooldown gauge).
+    fn cooldown_left(&self, upstream: &str) -> Duration;
+    /// Weight counted in the current window of `upstream` (the budget gauge).
+    fn used(&self, upstream: &str, window_ms: u64) -> u64;
+    /// Records what an answer said. Synchronous: the request path applies it before the
+    /// answer reaches the bot, so the bot's next request already sees it; a shared store
+    /// applies it to its local view at once and sends it on in the background.
+    /// True when the change started a cooldown or hold, or lengthened one by a second or
+    /// more (the guard logs those, once per cooldown rather than once per answer).
+    fn record(&self, change: Record<'_>) -> bool;
 }
 
 /// Wall-clock source (injectable for tests).
@@ -77,6 +94,20 @@ struct State {
     used: HashMap<String, (u64, u64)>,
 }
 
+impl State {
+    fn blocked(&self, upstream: &str, endpoint: &str, now: WallMs) -> Option<Answer> {
+        if let Some(&until) = self.cooldowns.get(upstream).filter(|u| **u > now) {
+            return Some(Answer::Cooldown(Duration::from_millis(until - now)));
+        }
+        if self.holds.is_empty() {
+            return None;
+        }
+        let hold = (upstream.to_owned(), endpoint.to_owned());
+        let until = *self.holds.get(&hold).filter(|u| **u > now)?;
+        Some(Answer::Held(Duration::from_millis(until - now)))
+    }
+}
+
 /// The in-memory store of one sidecar.
 pub struct MemoryStore {
     clock: WallClock,
@@ -95,18 +126,17 @@ impl MemoryStore {
     fn decide_now(&self, ask: Ask<'_>) -> Answer {
         let now = (self.clock)();
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&until) = s.cooldowns.get(ask.upstream).filter(|u| **u > now) {
-            return Answer::Cooldown(Duration::from_millis(until - now));
-        }
-        let hold = (ask.upstream.to_owned(), ask.endpoint.to_owned());
-        if let Some(&until) = s.holds.get(&hold).filter(|u| **u > now) {
-            return Answer::Held(Duration::from_millis(until - now));
+        if let Some(blocked) = s.blocked(ask.upstream, ask.endpoint, now) {
+            return blocked;
         }
         let Some((weight, window_ms, limit)) = ask.spend else {
             return Answer::Go { window: None };
         };
         let window = now / window_ms;
-        let entry = s.used.entry(ask.upstream.to_owned()).or_insert((window, 0));
+        if !s.used.contains_key(ask.upstream) {
+            s.used.insert(ask.upstream.to_owned(), (window, 0));
+        }
+        let entry = s.used.get_mut(ask.upstream).expect("inserted above");
         if entry.0 != window {
             *entry = (window, 0);
         }
@@ -120,18 +150,24 @@ impl MemoryStore {
         }
     }
 
-    fn record_now(&self, change: Record<'_>) {
+    fn record_now(&self, change: Record<'_>) -> bool {
         let now = (self.clock)();
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let later = |d: Duration| now.saturating_add(d.as_millis() as u64);
+        // A block in force is never shortened; the answer is news when it ends a second later.
+        let extend = |until: &mut WallMs, to: WallMs| {
+            let news = to > now && (*until <= now || to >= *until + 1000);
+            *until = (*until).max(to);
+            news
+        };
         match change {
             Record::Cooldown(up, d) => {
                 let until = s.cooldowns.entry(up.to_owned()).or_insert(0);
-                *until = (*until).max(later(d));
+                extend(until, later(d))
             }
             Record::Hold(up, ep, d) => {
                 let until = s.holds.entry((up.to_owned(), ep.to_owned())).or_insert(0);
-                *until = (*until).max(later(d));
+                extend(until, later(d))
             }
             Record::Used(up, window, window_ms, used) => {
                 // Only while that window is still the current one; never lowered, because
@@ -142,12 +178,21 @@ impl MemoryStore {
                         entry.1 = entry.1.max(used);
                     }
                 }
+                false
             }
         }
     }
+}
+
+impl Store for MemoryStore {
+    fn blocked(&self, upstream: &str, endpoint: &str) -> Option<Answer> {
+        let now = (self.clock)();
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.blocked(upstream, endpoint, now)
+    }
 
     /// Weight counted in the current window of `upstream` (for the budget-used gauge).
-    pub fn used(&self, upstream: &str, window_ms: u64) -> u64 {
+    fn used(&self, upstream: &str, window_ms: u64) -> u64 {
         let now = (self.clock)();
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.used
@@ -157,22 +202,23 @@ impl MemoryStore {
     }
 
     /// Cooldown left for `upstream` (for the cooldown-seconds gauge).
-    pub fn cooldown_left(&self, upstream: &str) -> Duration {
+    fn cooldown_left(&self, upstream: &str) -> Duration {
         let now = (self.clock)();
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.cooldowns.get(upstream).map_or(Duration::ZERO, |u| {
             Duration::from_millis(u.saturating_sub(now))
         })
     }
-}
 
-impl Store for MemoryStore {
     fn decide(&self, ask: Ask<'_>) -> impl Future<Output = Answer> + Send {
         std::future::ready(self.decide_now(ask))
     }
 
-    fn record(&self, change: Record<'_>) -> impl Future<Output = ()> + Send {
-        self.record_now(change);
-        std::future::ready(())
+    fn decide_local(&self, ask: Ask<'_>) -> Option<Answer> {
+        Some(self.decide_now(ask))
+    }
+
+    fn record(&self, change: Record<'_>) -> bool {
+        self.record_now(change)
     }
 }

@@ -6,28 +6,14 @@ use crate::support::eventually::eventually;
 use crate::support::harness::{
     Client, Sidepool, config_toml, error_kind, get, https, raw, send_fresh,
 };
-use crate::support::upstream::{Reply, TestUpstream};
-
-/// An upstream that stalls `/hold...` until released and answers everything else at once.
-async fn stalling_upstream() -> TestUpstream {
-    TestUpstream::builder()
-        .handler(|r| {
-            if r.path_and_query.starts_with("/hold") {
-                Reply::Stall
-            } else {
-                Reply::default_for(r)
-            }
-        })
-        .start()
-        .await
-}
+use crate::support::upstream::TestUpstream;
 
 /// `max_waiting` bounds the queue: with the one connection busy and the queue full, the next
 /// request is refused at once with `503 queue_full` and never reaches the upstream; the queued
 /// ones are still served in full when the connection frees up.
 #[tokio::test]
 async fn full_queue_refuses_at_once_and_the_queued_are_served() {
-    let upstream = stalling_upstream().await;
+    let upstream = TestUpstream::stalling().await;
     let sidepool = Sidepool::for_upstream(
         &upstream,
         "max_connections_per_host = 1\nmax_waiting = 2\nqueue_timeout = \"10s\"",
@@ -80,7 +66,7 @@ async fn full_queue_refuses_at_once_and_the_queued_are_served() {
 /// once.
 #[tokio::test]
 async fn zero_max_waiting_refuses_instead_of_queueing() {
-    let upstream = stalling_upstream().await;
+    let upstream = TestUpstream::stalling().await;
     let sidepool =
         Sidepool::for_upstream(&upstream, "max_connections_per_host = 1\nmax_waiting = 0").await;
     let proxy = sidepool.proxy;

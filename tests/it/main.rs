@@ -39,6 +39,8 @@ mod pooling;
 mod prefix;
 /// The queue under 10x demand: FIFO, bounded waits, fair sharing of the global cap.
 mod queueing;
+/// The rate-limit guard: cooldowns, holds, budgets, classes, deadlines, against a fake exchange.
+mod rate_limit;
 /// Secrets in queries (plain or percent-encoded names) and headers stay out of every log line.
 mod redaction;
 /// The re-send rule: a GET survives a stale connection, a POST is never sent twice.

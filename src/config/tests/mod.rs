@@ -378,7 +378,7 @@ fn key_lists_come_from_the_structs() {
     );
     assert_eq!(raw::pool_keys()[0], "max_connections");
     assert_eq!(raw::upstream_keys()[0], "url");
-    assert_eq!(raw::upstream_keys().len(), Limits::keys().len() + 3);
+    assert_eq!(raw::upstream_keys().len(), Limits::keys().len() + 6);
 }
 
 mod sections;

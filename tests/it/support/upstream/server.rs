@@ -160,6 +160,21 @@ impl TestUpstream {
         Self::builder().start().await
     }
 
+    /// One that stalls `/hold...` until [`TestUpstream::release_stalled`] and answers
+    /// everything else at once (with the default handler).
+    pub async fn stalling() -> TestUpstream {
+        Self::builder()
+            .handler(|r| {
+                if r.path_and_query.starts_with("/hold") {
+                    Reply::Stall
+                } else {
+                    Reply::default_for(r)
+                }
+            })
+            .start()
+            .await
+    }
+
     /// The bound address (`127.0.0.1` unless [`TestUpstreamBuilder::bind`] chose another).
     pub fn addr(&self) -> SocketAddr {
         self.addr
