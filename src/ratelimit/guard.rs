@@ -182,7 +182,9 @@ impl<S: Store> UpstreamGuard<S> {
         let Some(endpoint) = self.endpoint(request) else {
             return Some(Decision::Go(Ticket { window: None }));
         };
-        let answer = self.store.decide_local(self.ask(&endpoint, weight, class))?;
+        let answer = self
+            .store
+            .decide_local(self.ask(&endpoint, weight, class))?;
         Some(decision(answer, now, deadline))
     }
 
