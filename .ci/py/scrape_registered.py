@@ -43,7 +43,7 @@ def scrape(binary: str, work: str) -> str:
         f.write(
             f'[listen]\nproxy = "127.0.0.1:{proxy}"\nadmin = "127.0.0.1:{admin}"\n\n'
             '[dns.static]\n"exchange.test" = "127.0.0.1"\n\n'
-            '[upstreams.ex]\nurl = "https://exchange.test:9"\n'
+            '[upstreams.ex]\nurl = "https://exchange.test:9"\nrate_limit_budget = "6000/1m"\n'
         )
     # A SIDEPOOL_* variable is a config key to sidepool: start it with none.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEPOOL_")}

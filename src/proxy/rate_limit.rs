@@ -198,6 +198,29 @@ impl Guarded {
         .with_retry_after(secs)
     }
 
+    /// True while the whole upstream cools down: warm probes stop (warm connections are
+    /// refreshed by reconnecting instead, which sends no request).
+    pub fn cooling(&self) -> bool {
+        !self.guard.cooldown_left().is_zero()
+    }
+
+    /// Lets a `warm_probe` GET of `path` go now, spending its weight like any request's (class
+    /// `low`); false when a cooldown, hold or the budget stops it.
+    pub fn admit_probe(&self, path: &http::uri::PathAndQuery) -> bool {
+        let facts = RequestFacts {
+            method: &Method::GET,
+            path: path.path(),
+            query: path.query(),
+            body: None,
+        };
+        let weight = self.guard.assess(&facts).weight;
+        let now = Instant::now();
+        matches!(
+            self.guard.admit_now(&facts, weight, Class::Low, now, now),
+            Some(Decision::Go(_))
+        )
+    }
+
     /// The cooldown or hold that blocks the request now, checked once it has a connection.
     pub fn blocked(&self, method: &Method, path: &str) -> Option<(Duration, Reason)> {
         self.guard.blocked(&RequestFacts {

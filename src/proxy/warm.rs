@@ -78,15 +78,27 @@ async fn keep_warm(proxy: Arc<Proxy>, index: usize) {
                         dials.spawn(warm_dial(proxy.clone(), index, slot));
                     }
                 }
+                // No probe during a cooldown: the connections are refreshed by reconnecting,
+                // which sends the exchange nothing.
+                let cooling = upstream.rate_limit.as_ref().is_some_and(|g| g.cooling());
                 match &upstream.warm_probe {
-                    None => {
-                        while let Some(slot) = pool.refresh_slot(now) {
-                            dials.spawn(warm_dial(proxy.clone(), index, slot));
+                    Some(path) if !cooling => {
+                        while let Some(mut taken) = pool.probe_checkout(now) {
+                            let admitted = upstream
+                                .rate_limit
+                                .as_ref()
+                                .is_none_or(|g| g.admit_probe(path));
+                            if admitted {
+                                probes.spawn(probe(proxy.clone(), index, taken));
+                            } else {
+                                // The budget has no room: replaced by a new connection instead.
+                                taken.set_close_reason(CloseReason::Refreshed);
+                            }
                         }
                     }
-                    Some(_) => {
-                        while let Some(taken) = pool.probe_checkout(now) {
-                            probes.spawn(probe(proxy.clone(), index, taken));
+                    _ => {
+                        while let Some(slot) = pool.refresh_slot(now) {
+                            dials.spawn(warm_dial(proxy.clone(), index, slot));
                         }
                     }
                 }

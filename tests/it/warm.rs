@@ -452,3 +452,45 @@ async fn shutdown_stops_the_warm_task_and_closes_the_floor() {
         "nothing reopened the floor at shutdown"
     );
 }
+
+/// During a rate-limit cooldown no probe is sent: warm connections are refreshed by
+/// reconnecting instead, which sends the exchange nothing.
+#[tokio::test]
+async fn probes_stop_during_a_cooldown_and_connections_are_refreshed_instead() {
+    let upstream = TestUpstream::builder()
+        .handler(|r| {
+            if r.path_and_query == "/limited" {
+                Reply::status(429).header("retry-after", "30")
+            } else {
+                Reply::default_for(r)
+            }
+        })
+        .start()
+        .await;
+    let toml = config_toml(
+        "warm_connections = 1\nwarm_refresh = \"300ms\"\nqueue_timeout = \"500ms\"",
+        &[ex(
+            upstream.port(),
+            "prewarm = true\nwarm_probe = \"/probe\"",
+        )],
+    );
+    let sidepool = Sidepool::start(&toml).await;
+    wait_at_least(&sidepool, WARM_PROBES, "upstream=\"ex\",result=\"ok\"", 1.0).await;
+    let mut client = Client::connect(sidepool.proxy).await;
+    let (status, _, _) = client.send(get("/ex/limited")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let connects = "upstream=\"ex\",result=\"ok\"";
+    let before = sidepool.metric(WARM_CONNECTS, connects).await.unwrap();
+    // Once the floor is refreshed by reconnecting, no probe is in flight any more.
+    wait_at_least(&sidepool, WARM_CONNECTS, connects, before + 1.0).await;
+    let probes = |r: &Vec<crate::support::upstream::Received>| {
+        r.iter().filter(|r| r.path_and_query == "/probe").count()
+    };
+    let probed = probes(&upstream.received());
+    wait_at_least(&sidepool, WARM_CONNECTS, connects, before + 3.0).await;
+    assert_eq!(
+        probes(&upstream.received()),
+        probed,
+        "no probe during the cooldown"
+    );
+}
