@@ -10,85 +10,22 @@ use tokio::time::Instant;
 use super::tests::{FakeConn, limits, pools_with};
 use super::*;
 use crate::metrics::Metrics;
+use crate::ratelimit::Class;
 
-/// Caps of the three pools in the model test, and the global cap they share.
-const MODEL_CAPS: [usize; 3] = [2, 3, 2];
-const MODEL_GLOBAL: usize = 4;
-/// The warm floor of each pool (one without), and how long a warm connection stays idle before
-/// it is refreshed or probed (short, so that sequences reach it).
-const MODEL_WARM: [usize; 3] = [1, 0, 2];
-const MODEL_WARM_REFRESH: Duration = Duration::from_secs(4);
-const MODEL_NAMES: [&str; 3] = ["a", "b", "c"];
-/// The longest operation sequence one case runs.
-const MODEL_MAX_OPS: usize = 150;
+#[path = "model_ops.rs"]
+mod ops;
 
-/// One thing that happens to the pools. Indices (`pick`, `conn`) select among what exists at
-/// that moment (modulo its count), so any sequence is valid and shrinking keeps it so; an
-/// operation with nothing to act on does nothing.
-#[derive(Clone, Debug)]
-enum Op {
-    /// A request asks `pool` for a connection (`fresh`: a re-send, which needs a new one).
-    /// It runs as its own task: served at once, or queued.
-    Checkout { pool: usize, fresh: bool },
-    /// A connection being opened is established and carries its request (active).
-    Connected { pick: usize },
-    /// A connection being opened is abandoned: the connect failed, or the client left
-    /// while it was connecting (both drop the `Connecting` guard).
-    ConnectAbandoned { pick: usize },
-    /// A request completes and its connection is released for reuse.
-    Release { pick: usize },
-    /// A request ends without a reusable connection: an error, a response not read to the
-    /// end, or the client leaving mid-request (all drop the `Pooled` guard).
-    Close { pick: usize },
-    /// A queued client goes away (its checkout task is cancelled).
-    CancelWaiter { pick: usize },
-    /// The upstream closes a connection, idle or busy, behind the pool's back. With
-    /// `noticed`, its connection task ends and reports it (`Pool::connection_lost`).
-    UpstreamClosed { conn: usize, noticed: bool },
-    /// Time passes: queue timeouts fire, and the reaper runs.
-    Advance { millis: u64 },
-    /// The warm task asks `pool` for a slot to open a floor connection in.
-    WarmSlot { pool: usize },
-    /// The warm task asks `pool` for a slot to replace a stale floor connection.
-    RefreshSlot { pool: usize },
-    /// A warm or refresh connection opens (it goes to idle, or to a waiting request).
-    WarmConnected { pick: usize },
-    /// A warm or refresh connect fails (its `Connecting` guard drops).
-    WarmAbandoned { pick: usize },
-    /// The warm task takes a stale floor connection of `pool` out for a probe.
-    ProbeCheckout { pool: usize },
-    /// A probe ends: answered (`ok`, the connection goes back to idle) or failed (closed).
-    ProbeDone { pick: usize, ok: bool },
-    /// `prewarm`: the floor of `pool` applies before any request.
-    Arm { pool: usize },
-}
-
-fn model_op() -> impl proptest::strategy::Strategy<Value = Op> {
-    use proptest::prelude::*;
-    prop_oneof![
-        6 => (0..MODEL_CAPS.len(), prop::bool::weighted(0.125))
-            .prop_map(|(pool, fresh)| Op::Checkout { pool, fresh }),
-        3 => (0..16usize).prop_map(|pick| Op::Connected { pick }),
-        1 => (0..16usize).prop_map(|pick| Op::ConnectAbandoned { pick }),
-        4 => (0..16usize).prop_map(|pick| Op::Release { pick }),
-        2 => (0..16usize).prop_map(|pick| Op::Close { pick }),
-        2 => (0..16usize).prop_map(|pick| Op::CancelWaiter { pick }),
-        1 => (0..64usize, any::<bool>())
-            .prop_map(|(conn, noticed)| Op::UpstreamClosed { conn, noticed }),
-        2 => (0..3000u64).prop_map(|millis| Op::Advance { millis }),
-        2 => (0..MODEL_CAPS.len()).prop_map(|pool| Op::WarmSlot { pool }),
-        1 => (0..MODEL_CAPS.len()).prop_map(|pool| Op::RefreshSlot { pool }),
-        2 => (0..16usize).prop_map(|pick| Op::WarmConnected { pick }),
-        1 => (0..16usize).prop_map(|pick| Op::WarmAbandoned { pick }),
-        1 => (0..MODEL_CAPS.len()).prop_map(|pool| Op::ProbeCheckout { pool }),
-        1 => (0..16usize, any::<bool>()).prop_map(|(pick, ok)| Op::ProbeDone { pick, ok }),
-        1 => (0..MODEL_CAPS.len()).prop_map(|pool| Op::Arm { pool }),
-    ]
-}
+use ops::{
+    MODEL_CAPS, MODEL_GLOBAL, MODEL_MAX_OPS, MODEL_NAMES, MODEL_WARM, MODEL_WARM_REFRESH, Op,
+    model_op,
+};
 
 /// A checkout in progress: its task, its pool, and when it started.
 struct ModelRequest {
     pool: usize,
+    class: Class,
+    /// Its longest wait: its deadline, else queue_timeout.
+    patience: Duration,
     since: Instant,
     task: tokio::task::JoinHandle<()>,
 }
@@ -120,6 +57,8 @@ struct Model {
     active: Vec<(usize, Pooled<FakeConn>)>,
     /// Floor connections out for a probe, each one active connection.
     probes: Vec<(usize, Probe<FakeConn>)>,
+    /// Per pool, grants in a row that passed over an older waiter (the anti-starvation rule).
+    passed_over: [u32; 3],
     conns: Vec<ModelConn>,
 }
 
@@ -148,25 +87,39 @@ impl Model {
             warming: Vec::new(),
             active: Vec::new(),
             probes: Vec::new(),
+            passed_over: [0; 3],
             conns: Vec::new(),
         }
     }
 
     async fn apply(&mut self, op: &Op) {
         match *op {
-            Op::Checkout { pool, fresh } => {
+            Op::Checkout {
+                pool,
+                fresh,
+                class,
+                deadline,
+            } => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 let p = self.set.pools()[pool].clone();
                 let tx = self.tx.clone();
+                let since = Instant::now();
+                let patience = deadline.map_or(limits(1).queue_timeout, Duration::from_millis);
+                let until = deadline.map(|_| since + patience);
                 let task = tokio::spawn(async move {
-                    let result = p
-                        .checkout(if fresh { Want::NewOnly } else { Want::Any })
-                        .await;
+                    let want = if fresh { Want::NewOnly } else { Want::Any };
+                    let (result, _) = p.checkout_queued(want, class, until).await;
                     let _ = tx.send((seq, result));
                 });
-                let since = Instant::now();
-                self.waiting.insert(seq, ModelRequest { pool, since, task });
+                let request = ModelRequest {
+                    pool,
+                    class,
+                    patience,
+                    since,
+                    task,
+                };
+                self.waiting.insert(seq, request);
             }
             Op::Connected { pick } if !self.connecting.is_empty() => {
                 let (pool, slot) = self.connecting.swap_remove(pick % self.connecting.len());
@@ -269,8 +222,9 @@ impl Model {
         }
     }
 
-    /// Takes the answers of finished checkouts; returns (start order, pool) of those served.
-    fn collect_answers(&mut self, ctx: &str) -> Vec<(u64, usize)> {
+    /// Takes the answers of finished checkouts; returns (start order, pool, class) of those
+    /// served.
+    fn collect_answers(&mut self, ctx: &str) -> Vec<(u64, usize, Class)> {
         let mut served = Vec::new();
         while let Ok((seq, result)) = self.rx.try_recv() {
             let Some(request) = self.waiting.remove(&seq) else {
@@ -284,17 +238,18 @@ impl Model {
                         "{ctx}: handed out a connection known to be closed"
                     );
                     self.active.push((request.pool, pooled));
-                    served.push((seq, request.pool));
+                    served.push((seq, request.pool, request.class));
                 }
                 Ok(Acquired::Connect(slot)) => {
                     self.connecting.push((request.pool, slot));
-                    served.push((seq, request.pool));
+                    served.push((seq, request.pool, request.class));
                 }
                 Err(CheckoutError::QueueTimeout) => {
                     let waited = Instant::now() - request.since;
                     assert!(
-                        waited >= limits(1).queue_timeout,
-                        "{ctx}: queue timeout after only {waited:?}"
+                        waited >= request.patience,
+                        "{ctx}: queue timeout after only {waited:?} of {:?}",
+                        request.patience
                     );
                 }
                 Err(other) => panic!("{ctx}: {other:?}"),
@@ -303,31 +258,50 @@ impl Model {
         served
     }
 
+    /// Class, then arrival, per pool, with the anti-starvation rule: a request is served
+    /// before an older waiter of its pool only when that waiter's class is lower; and before
+    /// a waiter of a higher class only when it is the oldest of its pool and the
+    /// `FAIR_EVERY - 1` grants before it all passed over an older waiter.
+    fn check_order(&mut self, ctx: &str, served: &[(u64, usize, Class)]) {
+        use crate::ratelimit::class::FAIR_EVERY;
+        for &(seq, pool, class) in served {
+            let same_pool = || self.waiting.iter().filter(move |(_, r)| r.pool == pool);
+            if let Some((older, _)) = same_pool().find(|(s, r)| **s < seq && r.class <= class) {
+                panic!(
+                    "{ctx}: request {seq} ({class:?}) of pool {pool} was served before older {older}"
+                );
+            }
+            let passes_over = same_pool().any(|(s, _)| *s < seq);
+            if let Some((higher, r)) = same_pool().find(|(_, r)| r.class < class) {
+                assert!(
+                    !passes_over && self.passed_over[pool] + 1 >= FAIR_EVERY,
+                    "{ctx}: request {seq} ({class:?}) of pool {pool} was served before {higher} ({:?}) after {} grants that passed over an older waiter",
+                    r.class,
+                    self.passed_over[pool]
+                );
+            }
+            self.passed_over[pool] = if passes_over {
+                self.passed_over[pool] + 1
+            } else {
+                0
+            };
+        }
+    }
+
     /// Every invariant, after every step. The gauges are compared with the rendered metrics
     /// when `render` is set (rendering is the slow part of a step).
-    fn check(&self, ctx: &str, served: &[(u64, usize)], render: bool) {
-        let queue_timeout = limits(1).queue_timeout;
+    fn check(&self, ctx: &str, render: bool) {
         let now = Instant::now();
-        // FIFO per pool: nobody is served while an older request of the same pool waits on.
-        for &(seq, pool) in served {
-            if let Some((older, _)) = self
-                .waiting
-                .iter()
-                .find(|(s, r)| **s < seq && r.pool == pool)
-            {
-                panic!("{ctx}: request {seq} of pool {pool} was served before older {older}");
-            }
-        }
         // No connection is carried by two requests at once.
         let mut held: Vec<(usize, u64)> = self.active.iter().map(|(i, p)| (*i, p.id())).collect();
         held.sort_unstable();
         let before = held.len();
         held.dedup();
         assert_eq!(held.len(), before, "{ctx}: one connection handed out twice");
-        // No wait outlives queue_timeout.
+        // No wait outlives its deadline (queue_timeout when it has none).
         for (seq, request) in &self.waiting {
             assert!(
-                now - request.since < queue_timeout,
+                now - request.since < request.patience,
                 "{ctx}: request {seq} still waits after {:?}",
                 now - request.since
             );
@@ -489,7 +463,8 @@ fn run_model(ops: &[Op]) {
             model.apply(op).await;
             let ctx = format!("step {step} ({op:?})");
             let served = model.collect_answers(&ctx);
-            model.check(&ctx, &served, step % 5 == 0 || step + 1 == ops.len());
+            model.check_order(&ctx, &served);
+            model.check(&ctx, step % 5 == 0 || step + 1 == ops.len());
         }
         model.finish("after the last step").await;
     });
@@ -524,8 +499,8 @@ fn minimize(mut ops: Vec<Op>) -> Vec<Op> {
 /// probes and their failures, applied to three pools under a global cap. After
 /// every step: active, connecting and waiting equal the model (the guards and tasks the test
 /// holds); every gauge equals its count; no per-host or global cap is exceeded and the global
-/// count matches the pools; each pool serves its queue in FIFO order; no wait outlives
-/// queue_timeout and none times out early; no connection known to be closed is handed out or
+/// count matches the pools; each pool serves its queue by class, then arrival; no wait
+/// outlives its deadline (or queue_timeout) and none times out early; no connection known to be closed is handed out or
 /// kept idle; the global starved queue matches the waiters; no warm slot is taken while a
 /// request waits here or is starved elsewhere, nor beyond the floor; and no waiter is left waiting
 /// while a slot could serve it. After the last step, ending every request leaves nothing but

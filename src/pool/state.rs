@@ -406,7 +406,8 @@ impl<C: Poolable> PoolState<C> {
     }
 
     /// A slot taken from the global cap for starved waiter `id`: granted if it still waits and
-    /// is under this pool's cap. False leaves the slot with the caller.
+    /// is under this pool's cap, to this pool's next waiter in service order (`id` itself,
+    /// unless a waiter of a higher class came later). False leaves the slot with the caller.
     pub(super) fn grant_to_starved(&mut self, id: u64, global: &GlobalCap) -> bool {
         let Some(waiter) = self.waiters.get_mut(id) else {
             return false;
@@ -417,9 +418,11 @@ impl<C: Poolable> PoolState<C> {
             // Now blocked by its own cap; this pool's own frees will serve it.
             return false;
         }
-        let waiter = self.waiters.remove(id).expect("found above");
+        // The slot is this pool's; `grant_slot` takes the next waiter off the global queue.
+        let waiter = self.waiters.pop().expect("one waits");
         let sent = self.grant_slot(waiter, global);
-        // The caller is the global hand-out loop, which serves whoever registers here next.
+        // The caller is the global hand-out loop, which serves whoever registers here next
+        // (`id` again, when another waiter took the slot).
         self.mark_starved(global);
         sent
     }
