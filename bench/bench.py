@@ -26,6 +26,7 @@ import urllib.request
 import log_lines
 import quiet_spell
 import rate_pressure
+import shared_store
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -91,6 +92,7 @@ class Bench:
         log_lines.add_ports(self.port, base)
         quiet_spell.add_ports(self.port, base)
         rate_pressure.add_ports(self.port, base)
+        shared_store.add_ports(self.port, base)
         self.sidepool_bin = args.sidepool_bin
         self.procs = {}
         self.wrappers = {}
@@ -321,7 +323,8 @@ http {{
 
     def sidepool_config(self, name, port, admin, upstream_port, per_host=30, max_conn=100,
                         upstreams=None, queue_timeout="5s", busy_poll=None,
-                        log_level="warn", log_format=None, extra_pool=(), extra_upstream=()):
+                        log_level="warn", log_format=None, extra_pool=(), extra_upstream=(),
+                        extra_sections=()):
         lines = [
             "[listen]",
             f'proxy = "127.0.0.1:{port}"',
@@ -351,6 +354,7 @@ http {{
         for uname, host in names:
             lines += [f"[upstreams.{uname}]", f'url = "https://{host}:{upstream_port}"',
                       *extra_upstream]
+        lines += extra_sections
         path = os.path.join(self.work, f"{name}.toml")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -1048,7 +1052,8 @@ http {{
                      ("growth", self.scenario_growth), ("work", self.scenario_work),
                      ("logging", lambda: log_lines.scenario(self)),
                      ("quiet_spell", lambda: quiet_spell.scenario(self)),
-                     ("rate_pressure", lambda: rate_pressure.scenario(self))]
+                     ("rate_pressure", lambda: rate_pressure.scenario(self)),
+                     ("shared_store", lambda: shared_store.scenario(self))]
         for key, fn in scenarios:
             if only and key not in only:
                 continue
@@ -1179,7 +1184,7 @@ def main():
     p.add_argument("--sidepool-bin", required=True)
     p.add_argument("--port-base", type=int, default=27000)
     p.add_argument("--no-pin", dest="pin", action="store_false")
-    p.add_argument("--only", help="comma list: naive,keepalive,added_latency,growth,work,logging,quiet_spell,rate_pressure")
+    p.add_argument("--only", help="comma list: naive,keepalive,added_latency,growth,work,logging,quiet_spell,rate_pressure,shared_store")
     p.add_argument("--command", default="bench/run")
     args = p.parse_args()
     args.seconds = 2 if args.quick else 5

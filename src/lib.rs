@@ -80,6 +80,10 @@ pub enum StartError {
     /// `[intercept] enabled = true`, and the CA in `ca_dir` could not be loaded or made.
     #[error("intercept.ca_dir")]
     Intercept(#[source] crate::intercept::InterceptError),
+    /// `[rate_limit] store` names a Redis server that cannot be used (the config check refuses
+    /// most of these; nothing is connected at start).
+    #[error("rate_limit.store")]
+    Store(#[source] redis::RedisError),
     /// An upstream's `warm_probe` is not a request target (the config check refuses these).
     #[error("upstream {upstream:?}: warm_probe is not a valid path")]
     WarmProbe {

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::raw::{
-    RawConfig, RawDns, RawIntercept, RawListen, RawLog, RawPool, RawPriorityRule, RawRuntime,
-    RawTls, RawUpstream, WithLimits,
+    RawConfig, RawDns, RawIntercept, RawListen, RawLog, RawPool, RawPriorityRule, RawRateLimit,
+    RawRuntime, RawTls, RawUpstream, WithLimits,
 };
 use super::url::redact_url;
 use super::{Config, LogFormat};
@@ -89,6 +89,16 @@ impl Config {
             intercept: RawIntercept {
                 enabled: self.intercept.enabled,
                 ca_dir: self.intercept.ca_dir.clone(),
+            },
+            rate_limit: RawRateLimit {
+                store: self
+                    .rate_limit
+                    .redis_url
+                    .as_deref()
+                    .map_or_else(|| "memory".to_string(), redact_url),
+                key: self.rate_limit.key.clone(),
+                timeout: self.rate_limit.timeout,
+                fallback_share: self.rate_limit.fallback_share,
             },
             upstreams,
         };

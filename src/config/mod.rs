@@ -63,6 +63,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[intercept]`.
     pub intercept: InterceptConfig,
+    /// `[rate_limit]`.
+    pub rate_limit: SharedRateLimit,
     /// Settings that are valid but deserve attention (a listener off loopback), one line
     /// each: `sidepool check` prints them, `run` logs them at start.
     pub warnings: Vec<ConfigProblem>,
@@ -174,6 +176,22 @@ pub struct InterceptConfig {
     /// load: the interception module owns the files.
     pub ca_dir: PathBuf,
 }
+
+/// `[rate_limit]`: where budgets, cooldowns and holds live, and under which key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedRateLimit {
+    /// `None`: this sidecar's memory; `Some(url)`: a Redis server shared with other sidecars.
+    pub redis_url: Option<String>,
+    /// Sidecars with the same store and key spend one budget.
+    pub key: String,
+    /// Longest wait for one store call; then the store counts as down.
+    pub timeout: Duration,
+    /// Share of each budget a sidecar spends alone while the store is down.
+    pub fallback_share: f64,
+}
+
+/// Longest `[rate_limit] timeout`: the store is on the request path.
+pub const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest `runtime.busy_poll` accepted: beyond it the window never closes under steady
 /// traffic, and a longer one only burns CPU.

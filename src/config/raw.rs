@@ -107,6 +107,17 @@ pub(super) struct RawIntercept {
     pub ca_dir: PathBuf,
 }
 
+/// `[rate_limit]`: where budgets and cooldowns live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimit {
+    pub store: String,
+    pub key: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub fallback_share: f64,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +148,7 @@ pub(super) struct RawConfig<P> {
     pub log: RawLog,
     pub runtime: RawRuntime,
     pub intercept: RawIntercept,
+    pub rate_limit: RawRateLimit,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub upstreams: BTreeMap<String, WithLimits<RawUpstream>>,
 }
@@ -150,6 +162,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "log",
     "runtime",
     "intercept",
+    "rate_limit",
     "upstreams",
 ];
 
@@ -188,6 +201,12 @@ pub(super) fn defaults() -> RawConfig<WithLimits<RawPool>> {
         intercept: RawIntercept {
             enabled: false,
             ca_dir: PathBuf::from("/var/lib/sidepool/ca"),
+        },
+        rate_limit: RawRateLimit {
+            store: "memory".into(),
+            key: "default".into(),
+            timeout: Duration::from_millis(50),
+            fallback_share: 1.0,
         },
         upstreams: BTreeMap::new(),
     }

@@ -16,13 +16,13 @@ use rustls::pki_types::{CertificateDer, pem::PemObject};
 use super::limits::{AT_LEAST_ONE, POSITIVE};
 use super::load::{Key, Loader, key};
 use super::raw::{
-    self, RawDns, RawIntercept, RawListen, RawLog, RawPool, RawPriorityRule, RawRuntime, RawTls,
-    RawUpstream,
+    self, RawDns, RawIntercept, RawListen, RawLog, RawPool, RawPriorityRule, RawRateLimit,
+    RawRuntime, RawTls, RawUpstream,
 };
-use super::url::{SocketAddrText, parse_nameserver, parse_upstream_url};
+use super::url::{SocketAddrText, parse_nameserver, parse_upstream_url, redact_url};
 use super::{
     Config, DnsConfig, InterceptConfig, Limits, ListenConfig, LogConfig, LogFormat, MAX_BUSY_POLL,
-    RateLimitConfig, RuntimeConfig, TlsConfig, UpstreamConfig,
+    MAX_STORE_TIMEOUT, RateLimitConfig, RuntimeConfig, SharedRateLimit, TlsConfig, UpstreamConfig,
 };
 
 impl Loader {
@@ -41,6 +41,9 @@ impl Loader {
         let intercept = self
             .section::<RawIntercept>("intercept")
             .and_then(|i| self.intercept(i));
+        let rate_limit = self
+            .section::<RawRateLimit>("rate_limit")
+            .and_then(|r| self.rate_limit_section(r));
         let upstreams = self.upstreams(pool.as_ref());
         let (max_connections, _) = pool?;
         Some(Config {
@@ -52,6 +55,7 @@ impl Loader {
             log: log?,
             runtime: runtime?,
             intercept: intercept?,
+            rate_limit: rate_limit?,
             warnings: Vec::new(),
             notes: Vec::new(),
         })
@@ -247,6 +251,67 @@ impl Loader {
         Some(InterceptConfig {
             enabled: raw.enabled,
             ca_dir: raw.ca_dir,
+        })
+    }
+
+    /// `[rate_limit]`: `store` is `memory` or a `redis://` URL, `key` a plain name, `timeout`
+    /// short, `fallback_share` in (0, 1].
+    fn rate_limit_section(&mut self, raw: RawRateLimit) -> Option<SharedRateLimit> {
+        let k = |field: &str| key(&["rate_limit", field]);
+        let mut ok = true;
+        let redis_url = match raw.store.trim() {
+            "memory" => None,
+            url if url.starts_with("redis://") => match redis::Client::open(url) {
+                Ok(_) => Some(url.to_string()),
+                Err(err) => {
+                    let message = format!("`{}` is not a usable Redis URL: {err}", redact_url(url));
+                    self.problem(k("store"), message);
+                    ok = false;
+                    None
+                }
+            },
+            other => {
+                let message = format!(
+                    "`{}` is not a store; use \"memory\" or \"redis://HOST:PORT/DB\"",
+                    redact_url(other)
+                );
+                self.problem(k("store"), message);
+                ok = false;
+                None
+            }
+        };
+        let key_ok = !raw.key.is_empty()
+            && raw.key.len() <= 64
+            && raw
+                .key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !key_ok {
+            self.problem(
+                k("key"),
+                "must be 1 to 64 characters of a-z, A-Z, 0-9, '-', '_' or '.', e.g. \"binance-main\"",
+            );
+            ok = false;
+        }
+        if raw.timeout.is_zero() || raw.timeout > MAX_STORE_TIMEOUT {
+            self.problem(
+                k("timeout"),
+                "must be more than 0 and at most 2s: every request that asks the store may wait this long",
+            );
+            ok = false;
+        }
+        if !(raw.fallback_share > 0.0 && raw.fallback_share <= 1.0) {
+            self.problem(
+                k("fallback_share"),
+                "must be more than 0 and at most 1, e.g. 0.5 for one of two sidecars sharing a budget",
+            );
+            ok = false;
+        }
+        ok.then_some(SharedRateLimit {
+            redis_url,
+            key: raw.key,
+            timeout: raw.timeout,
+            fallback_share: raw.fallback_share,
         })
     }
 

@@ -28,6 +28,10 @@ pub const RATE_LIMIT_BUDGET_USED: &str = "http_pool_rate_limit_budget_used";
 /// Gauge: seconds left in the upstream's cooldown, 0 when none (read at scrape).
 pub const RATE_LIMIT_COOLDOWN: &str = "http_pool_rate_limit_cooldown_seconds";
 
+/// Gauge, no labels: 1 while the rate-limit store answers (always 1 for `memory`), 0 while
+/// sidecars fall back to their own budgets.
+pub const RATE_LIMIT_STORE_UP: &str = "http_pool_rate_limit_store_up";
+
 const REASONS: [Reason; 3] = [Reason::Cooldown, Reason::Hold, Reason::Budget];
 const CLASSES: [Class; 3] = [Class::High, Class::Normal, Class::Low];
 
@@ -114,6 +118,15 @@ impl Metrics {
         })
     }
 
+    /// The store-up gauge, at 1 until the store says otherwise.
+    pub fn store_up(&self) -> Gauge {
+        metrics::with_local_recorder(&self.recorder, || {
+            let gauge = metrics::gauge!(RATE_LIMIT_STORE_UP);
+            gauge.set(1.0);
+            gauge
+        })
+    }
+
     /// Makes a scrape read the guards' cooldowns and budgets from `source`.
     pub fn attach_guard_gauges(&self, source: Weak<dyn GuardGaugeSource>) {
         super::lock_list(&self.guard_sources).push(source);
@@ -186,6 +199,10 @@ pub(super) fn describe() {
     describe_gauge!(
         RATE_LIMIT_WAITING,
         "Requests waiting on the rate-limit guard now."
+    );
+    describe_gauge!(
+        RATE_LIMIT_STORE_UP,
+        "1 while the rate-limit store answers; 0 while each sidecar spends its own fallback share."
     );
     describe_gauge!(
         RATE_LIMIT_BUDGET_LIMIT,

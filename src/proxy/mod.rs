@@ -51,6 +51,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::intercept::Interceptor;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolLimits, PoolSet, Poolable};
+use crate::ratelimit::{AnyStore, MemoryStore};
 use crate::runtime::BusyPoll;
 use body::UpstreamBody;
 use listener::ClientConn;
@@ -192,7 +193,7 @@ impl Proxy {
             }),
         ));
         let wall = crate::ratelimit::system_wall_clock();
-        let store = Arc::new(crate::ratelimit::MemoryStore::new(wall.clone()));
+        let store = Arc::new(open_store(config, &metrics, &wall)?);
         let upstreams = config
             .upstreams
             .iter()
@@ -207,7 +208,7 @@ impl Proxy {
                     });
                     Arc::new(Guarded {
                         guard: crate::ratelimit::UpstreamGuard::new(
-                            format!("default/{name}"),
+                            format!("{}/{name}", config.rate_limit.key),
                             u.rate_limit.profile,
                             &u.host,
                             budget,
@@ -565,6 +566,28 @@ impl Proxy {
         }
         Admission::Refused(response)
     }
+}
+
+/// The store the guards share: this sidecar's memory, or Redis (`[rate_limit] store`).
+fn open_store(
+    config: &Config,
+    metrics: &Metrics,
+    wall: &crate::ratelimit::WallClock,
+) -> Result<AnyStore, StartError> {
+    let shared = &config.rate_limit;
+    let up = metrics.store_up();
+    let Some(url) = &shared.redis_url else {
+        return Ok(AnyStore::Memory(MemoryStore::new(wall.clone())));
+    };
+    let settings = crate::ratelimit::RedisSettings {
+        url: url.clone(),
+        key: shared.key.clone(),
+        timeout: shared.timeout,
+        fallback_share: shared.fallback_share,
+    };
+    let store = crate::ratelimit::RedisStore::open(&settings, wall.clone(), up)
+        .map_err(StartError::Store)?;
+    Ok(AnyStore::Redis(store))
 }
 
 /// Clears the request with its upstream's rate-limit guard (when it has one), then sends it.

@@ -23,8 +23,8 @@ use crate::config::Limits;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{GuardGaugeSource, GuardView, RateLimitMetrics};
 use crate::ratelimit::{
-    Class, ClassRule, Decision, MAX_INSPECTED_BODY, MemoryStore, Reason, RequestFacts,
-    ResponseFacts, Started, Ticket, UpstreamGuard, parse_deadline, parse_priority, resolve_class,
+    AnyStore, Class, ClassRule, Decision, MAX_INSPECTED_BODY, Reason, RequestFacts, ResponseFacts,
+    Started, Ticket, UpstreamGuard, parse_deadline, parse_priority, resolve_class,
     retry_after_secs,
 };
 
@@ -36,7 +36,7 @@ const DEADLINE: &str = "x-sidepool-deadline-ms";
 /// The guard of one upstream with what the request path needs around it.
 pub struct Guarded {
     pub(super) name: Arc<str>,
-    pub(super) guard: UpstreamGuard<MemoryStore>,
+    pub(super) guard: UpstreamGuard<AnyStore>,
     pub(super) rules: Vec<ClassRule>,
     pub(super) metrics: RateLimitMetrics,
 }

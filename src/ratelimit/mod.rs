@@ -10,6 +10,7 @@
 //! - [`facts`]: what the guard is told and what it concludes.
 //! - [`guard`]: admit / observe per upstream, refuse-or-wait against the deadline.
 //! - [`store`]: the store trait (one atomic step per decision) and the in-memory store.
+//! - [`redis_store`]: the shared store on Redis (leases, pub/sub cooldowns, local fallback).
 
 pub mod budget;
 pub mod class;
@@ -17,6 +18,7 @@ pub mod exchanges;
 pub mod facts;
 pub mod guard;
 pub mod profile;
+pub mod redis_store;
 pub mod signals;
 pub mod store;
 
@@ -35,4 +37,5 @@ pub use profile::{
 /// Wall-clock time in milliseconds since the Unix epoch (the exchanges' own time base).
 pub type WallMs = u64;
 pub use guard::{Decision, Reason, Started, Ticket, UpstreamGuard, retry_after_secs};
-pub use store::{MemoryStore, Store, WallClock, system_wall_clock};
+pub use redis_store::{RedisSettings, RedisStore};
+pub use store::{AnyStore, MemoryStore, Store, WallClock, system_wall_clock};

@@ -222,3 +222,55 @@ impl Store for MemoryStore {
         self.record_now(change)
     }
 }
+
+/// The store a sidecar runs with: its own memory, or Redis shared with other sidecars.
+pub enum AnyStore {
+    /// `[rate_limit] store = "memory"`.
+    Memory(MemoryStore),
+    /// `[rate_limit] store = "redis://..."`.
+    Redis(Arc<super::redis_store::RedisStore>),
+}
+
+impl Store for AnyStore {
+    async fn decide(&self, ask: Ask<'_>) -> Answer {
+        match self {
+            AnyStore::Memory(m) => m.decide_now(ask),
+            AnyStore::Redis(r) => r.decide(ask).await,
+        }
+    }
+
+    fn decide_local(&self, ask: Ask<'_>) -> Option<Answer> {
+        match self {
+            AnyStore::Memory(m) => Some(m.decide_now(ask)),
+            AnyStore::Redis(r) => r.decide_local(ask),
+        }
+    }
+
+    fn blocked(&self, upstream: &str, endpoint: &str) -> Option<Answer> {
+        match self {
+            AnyStore::Memory(m) => m.blocked(upstream, endpoint),
+            AnyStore::Redis(r) => r.blocked(upstream, endpoint),
+        }
+    }
+
+    fn cooldown_left(&self, upstream: &str) -> Duration {
+        match self {
+            AnyStore::Memory(m) => m.cooldown_left(upstream),
+            AnyStore::Redis(r) => r.cooldown_left(upstream),
+        }
+    }
+
+    fn used(&self, upstream: &str, window_ms: u64) -> u64 {
+        match self {
+            AnyStore::Memory(m) => m.used(upstream, window_ms),
+            AnyStore::Redis(r) => r.used(upstream, window_ms),
+        }
+    }
+
+    fn record(&self, change: Record<'_>) -> bool {
+        match self {
+            AnyStore::Memory(m) => m.record(change),
+            AnyStore::Redis(r) => r.record(change),
+        }
+    }
+}

@@ -47,6 +47,8 @@ mod redaction;
 mod retries;
 /// listen.server_timing: queue, connect, upstream, reused or new, on answers and errors.
 mod server_timing;
+/// Shared budgets on a real redis-server: one budget, one cooldown, outages survived.
+mod shared_budget;
 /// SIGTERM drains in-flight requests.
 mod shutdown;
 /// The soak (ignored; `bench/soak` runs it): flat memory and descriptors, nothing lost.

@@ -478,3 +478,38 @@ fn intercept_is_off_by_default_and_shown_in_the_dump() {
             .contains("unknown field")
     );
 }
+
+#[test]
+fn rate_limit_section_and_upstream_keys_are_checked_and_dumped() {
+    let ps = problems(&format!(
+        "[rate_limit]\nstore = \"memcache://x\"\nkey = \"a b\"\ntimeout = \"5s\"\nfallback_share = 1.5\n\
+         [upstreams.x]\nurl = \"https://x.example\"\nrate_limit = \"binanse\"\n\
+         rate_limit_budget = \"10/soon\"\n{MINIMAL}"
+    ));
+    for key in [
+        "rate_limit.store",
+        "rate_limit.key",
+        "rate_limit.timeout",
+        "rate_limit.fallback_share",
+        "upstreams.x.rate_limit",
+        "upstreams.x.rate_limit_budget",
+    ] {
+        one(&ps, key);
+    }
+    let secret = "redis://:hunter2@10.0.0.5:6379/2";
+    let config = Config::from_toml_str(&format!(
+        "[rate_limit]\nstore = \"{secret}\"\nkey = \"desk-1\"\n\
+         [upstreams.b]\nurl = \"https://api.binance.com\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(config.rate_limit.redis_url.as_deref(), Some(secret));
+    let binance = config.upstreams.iter().find(|u| u.name == "b").unwrap();
+    assert_eq!(
+        binance.rate_limit.profile.name, "binance",
+        "auto from the host"
+    );
+    let dump = config.to_toml();
+    assert!(!dump.contains("hunter2"), "{dump}");
+    assert!(dump.contains("rate_limit = \"binance\"\nrate_limit_budget = \"6000/1m\""));
+    assert!(dump.contains("[rate_limit]\nstore = \"redis://***@10.0.0.5:6379/2\""));
+}
