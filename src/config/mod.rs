@@ -15,6 +15,7 @@
 //! - `limits`: [`Limits`], the keys an upstream inherits from `[pool]` and may override;
 //! - `load`: the figment layering, where each value came from, and splitting tables;
 //! - `validate`: the rule for every section;
+//! - `rate_limit`: the rules of `[rate_limit]` and of each upstream's rate-limit keys;
 //! - `url`: upstream urls and other addresses;
 //! - `dump`: the effective config as TOML, for `sidepool check`.
 //!
@@ -26,6 +27,7 @@
 mod dump;
 mod limits;
 mod load;
+mod rate_limit;
 mod raw;
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@
 //! (checkout, connect, send, re-send rule), `body` (streaming bodies with timeouts), `drain`
 //! (the rest of a response a client left, read so the connection is kept), `log`
 //! (one line per request), `listener` (accept loop, client cap and connection settings),
+//! `setup` (building it all from the config), `tunnel` (CONNECT: port 80 and interception),
 //! `refresh` (DNS changes retire connections to old addresses), `server_timing` (the latency
 //! breakdown a bot can read from each answer), `warm` (the background task that keeps the
 //! warm floor open and fresh), `rate_limit` (the rate-limit guard on the request path: the
@@ -23,6 +24,8 @@ mod rate_limit;
 mod refresh;
 mod route;
 mod server_timing;
+mod setup;
+mod tunnel;
 mod warm;
 
 use std::convert::Infallible;
@@ -44,14 +47,12 @@ pub use listener::serve;
 pub use refresh::spawn_dns_refreshers;
 pub use warm::spawn_warmers;
 
-use crate::StartError;
-use crate::config::{Config, Limits};
-use crate::connect::{self, Addresses, Connector};
+use crate::config::Limits;
+use crate::connect::{Addresses, Connector};
 use crate::error::{ErrorKind, ProxyError};
 use crate::intercept::Interceptor;
 use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolLimits, PoolSet, Poolable};
-use crate::ratelimit::{AnyStore, MemoryStore};
+use crate::pool::{Pool, PoolSet, Poolable};
 use crate::runtime::BusyPoll;
 use body::UpstreamBody;
 use listener::ClientConn;
@@ -59,6 +60,7 @@ use log::Completion;
 use rate_limit::{Asked, GuardGauges, Guarded};
 use route::Routes;
 use server_timing::{Answered, Timing};
+use tunnel::Tunnel;
 
 /// A kept-alive HTTP/1.1 client connection to an upstream, as held by the pool.
 pub struct UpstreamConn {
@@ -125,18 +127,6 @@ pub struct Proxy {
     _guard_gauges: Arc<GuardGauges>,
 }
 
-/// A CONNECT tunnel's target: every request inside it goes to this upstream.
-#[derive(Clone)]
-struct Tunnel {
-    /// Index into [`Proxy::upstreams`].
-    upstream: usize,
-    /// The port the client asked for (a Host header inside may name it).
-    port: u16,
-    /// Intercepted: the client's TLS is terminated here, with a leaf for this host (the SNI
-    /// the client must send).
-    tls: Option<String>,
-}
-
 /// What becomes of a client request once it has been checked.
 #[expect(
     clippy::large_enum_variant,
@@ -173,114 +163,6 @@ struct About {
 }
 
 impl Proxy {
-    /// Builds the pools, connectors and routes from a validated config.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, StartError> {
-        let shared = connect::Shared::new(config).map_err(StartError::Tls)?;
-        let pools = Arc::new(PoolSet::new(
-            config.max_connections,
-            config.upstreams.iter().map(|u| {
-                let name: Arc<str> = Arc::from(u.name.as_str());
-                let upstream_metrics = metrics.upstream(&name, u.limits.max_connections_per_host);
-                let limits = PoolLimits {
-                    max_connections: u.limits.max_connections_per_host,
-                    idle_timeout: u.limits.idle_timeout,
-                    queue_timeout: u.limits.queue_timeout,
-                    max_waiting: u.limits.max_waiting,
-                    warm_connections: u.limits.warm_connections,
-                    warm_refresh: u.limits.warm_refresh,
-                };
-                (name, limits, upstream_metrics)
-            }),
-        ));
-        let wall = crate::ratelimit::system_wall_clock();
-        let store = Arc::new(open_store(config, &metrics, &wall)?);
-        let upstreams = config
-            .upstreams
-            .iter()
-            .zip(pools.pools())
-            .map(|(u, pool)| {
-                let rate_limit = (!u.rate_limit.profile.is_off()).then(|| {
-                    let name = pool.name().clone();
-                    let budget = u.rate_limit.budget;
-                    let window = budget.map(|b| {
-                        let w = humantime_serde::re::humantime::format_duration(b.window);
-                        (w.to_string(), b.limit)
-                    });
-                    Arc::new(Guarded {
-                        guard: crate::ratelimit::UpstreamGuard::new(
-                            format!("{}/{name}", config.rate_limit.key),
-                            u.rate_limit.profile,
-                            &u.host,
-                            budget,
-                            store.clone(),
-                            wall.clone(),
-                        ),
-                        rules: u.rate_limit.rules.clone(),
-                        metrics: metrics.rate_limit(&name, window),
-                        name,
-                    })
-                });
-                let authority = HeaderValue::from_str(&u.authority).map_err(|source| {
-                    StartError::Authority {
-                        upstream: u.name.clone(),
-                        authority: u.authority.clone(),
-                        source,
-                    }
-                })?;
-                let connector = Connector::new(shared.clone(), u, config, pool.metrics().clone())?;
-                Ok(Upstream {
-                    name: pool.name().clone(),
-                    authority,
-                    limits: u.limits,
-                    pool: pool.clone(),
-                    connector,
-                    prewarm: u.prewarm,
-                    rate_limit,
-                    warm_probe: match &u.warm_probe {
-                        None => None,
-                        Some(path) => {
-                            Some(PathAndQuery::try_from(path.as_str()).map_err(|source| {
-                                StartError::WarmProbe {
-                                    upstream: u.name.clone(),
-                                    source,
-                                }
-                            })?)
-                        }
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>, StartError>>()?;
-        let interceptor = if config.intercept.enabled {
-            let hosts: Vec<String> = config.upstreams.iter().map(|u| u.host.clone()).collect();
-            let interceptor = Interceptor::open(&config.intercept.ca_dir, &hosts)
-                .map_err(StartError::Intercept)?;
-            Some(Arc::new(interceptor))
-        } else {
-            None
-        };
-        let guard_gauges = Arc::new(GuardGauges(
-            upstreams
-                .iter()
-                .filter_map(|u| u.rate_limit.clone())
-                .collect(),
-        ));
-        let source: Arc<dyn crate::metrics::GuardGaugeSource> = guard_gauges.clone();
-        metrics.attach_guard_gauges(Arc::downgrade(&source));
-        Ok(Proxy {
-            _guard_gauges: guard_gauges,
-            interceptor,
-            server_timing: config.listen.server_timing,
-            routes: Routes::new(&config.upstreams),
-            upstreams,
-            pools,
-            busy_poll: config
-                .runtime
-                .busy_poll
-                .map(|window| BusyPoll::new(window, metrics.busy_poll_threads().clone())),
-            metrics,
-        })
-    }
-
     /// The pools (for the reaper and shutdown).
     pub fn pools(&self) -> &Arc<PoolSet<UpstreamConn>> {
         &self.pools
@@ -373,7 +255,7 @@ impl Proxy {
     /// Sends an admitted request and turns the upstream's answer into the client's response.
     async fn forward(&self, outbound: &mut Outbound) -> Response<ProxyBody> {
         let upstream = &self.upstreams[outbound.upstream];
-        let sent = send_guarded(upstream, outbound).await;
+        let sent = rate_limit::send_guarded(upstream, outbound).await;
         // The answer is about to be written and the bot's next request is likely close behind.
         if let Some(busy) = &self.busy_poll {
             busy.touch();
@@ -476,73 +358,6 @@ impl Proxy {
         self.routes.in_tunnel(req.uri(), tunnel.upstream)
     }
 
-    /// `CONNECT host:80` to a configured upstream's host: answered 200, and the tunnel is read
-    /// as plain HTTP/1.1 requests for that upstream. Every other CONNECT is refused.
-    fn connect(
-        self: &Arc<Self>,
-        mut req: Request<Incoming>,
-        started: Instant,
-        client: &ClientConn,
-    ) -> Admission {
-        let tunnel = match self.admit_connect(&req, client) {
-            Ok(tunnel) => tunnel,
-            Err(err) => return self.refuse(&req, &err, started),
-        };
-        tracing::debug!(upstream = %self.upstreams[tunnel.upstream].name, port = tunnel.port, "tunnel opened");
-        let on = hyper::upgrade::on(&mut req);
-        client.open_tunnel(self.clone(), on, tunnel);
-        Admission::Refused(Response::new(ProxyBody::local(bytes::Bytes::new())))
-    }
-
-    fn admit_connect(
-        &self,
-        req: &Request<Incoming>,
-        client: &ClientConn,
-    ) -> Result<Tunnel, ProxyError> {
-        let not_supported = || {
-            ProxyError::new(
-                ErrorKind::ConnectNotSupported,
-                "CONNECT tunnels cannot be pooled, except CONNECT <configured host>:80 for plain http:// URLs; use an http:// base URL with HTTP_PROXY, or route mode http://<sidepool>/<upstream>/<path>",
-            )
-        };
-        if client.tunnel.is_some() {
-            return Err(not_supported());
-        }
-        headers::check_size(req.headers(), 0)?;
-        let authority = req.uri().authority().ok_or_else(|| {
-            ProxyError::new(ErrorKind::BadRequest, "CONNECT needs a host:port target")
-        })?;
-        if authority.port_u16() == Some(80)
-            && let Ok(upstream) = self.routes.plain_tunnel(authority)
-        {
-            return Ok(Tunnel {
-                upstream,
-                port: 80,
-                tls: None,
-            });
-        }
-        let Some(interceptor) = &self.interceptor else {
-            return Err(not_supported());
-        };
-        // Intercepted: only a configured upstream's own host and port, and a host the CA
-        // covers; anything else is refused and no tunnel opens.
-        let host = authority
-            .host()
-            .trim_matches(['[', ']'])
-            .to_ascii_lowercase();
-        match self.routes.exact(authority) {
-            Some(upstream) if interceptor.covers(&host) => Ok(Tunnel {
-                upstream,
-                port: authority.port_u16().unwrap_or(443),
-                tls: Some(host),
-            }),
-            _ => Err(ProxyError::new(
-                ErrorKind::NotAllowed,
-                "CONNECT target is not a configured upstream's host and port",
-            )),
-        }
-    }
-
     /// Logs a refused request (its target with any query cut or redacted) and answers it.
     fn refuse(&self, req: &Request<Incoming>, err: &ProxyError, started: Instant) -> Admission {
         let target = req
@@ -565,84 +380,6 @@ impl Proxy {
             Timing::default().append_to(response.headers_mut());
         }
         Admission::Refused(response)
-    }
-}
-
-/// The store the guards share: this sidecar's memory, or Redis (`[rate_limit] store`).
-fn open_store(
-    config: &Config,
-    metrics: &Metrics,
-    wall: &crate::ratelimit::WallClock,
-) -> Result<AnyStore, StartError> {
-    let shared = &config.rate_limit;
-    let up = metrics.store_up();
-    let Some(url) = &shared.redis_url else {
-        return Ok(AnyStore::Memory(MemoryStore::new(wall.clone())));
-    };
-    let settings = crate::ratelimit::RedisSettings {
-        url: url.clone(),
-        key: shared.key.clone(),
-        timeout: shared.timeout,
-        fallback_share: shared.fallback_share,
-    };
-    let store = crate::ratelimit::RedisStore::open(&settings, wall.clone(), up)
-        .map_err(StartError::Store)?;
-    Ok(AnyStore::Redis(store))
-}
-
-/// Clears the request with its upstream's rate-limit guard (when it has one), then sends it.
-/// A cooldown or hold that starts while the request takes its connection sends it back to the
-/// guard, which makes it wait or refuses it; nothing is sent into a cooldown.
-async fn send_guarded(
-    upstream: &Upstream,
-    out: &mut Outbound,
-) -> Result<(forward::Sent, Option<crate::ratelimit::Ticket>), forward::Failed> {
-    let guarded = upstream.rate_limit.as_deref();
-    // Ends: the third time a block turns up after the checkout, the request is refused.
-    let mut rounds = 0;
-    loop {
-        rounds += 1;
-        let cleared = match guarded {
-            None => None,
-            Some(guarded) => Some(match guarded.clear_now(out) {
-                Some(cleared) => cleared,
-                // Boxed: waiting and reading bodies are the rare lane, kept out of the
-                // future hyper copies for every request.
-                None => Box::pin(guarded.clear(out, &upstream.limits))
-                    .await
-                    .map_err(|error| forward::Failed {
-                        error,
-                        queue_wait: std::time::Duration::ZERO,
-                        connect: std::time::Duration::ZERO,
-                        blocked: None,
-                    })?,
-            }),
-        };
-        let gate = forward::Gate {
-            class: cleared.map_or(
-                out.about
-                    .asked
-                    .priority
-                    .unwrap_or(crate::ratelimit::Class::Normal),
-                |c| c.class,
-            ),
-            guard: guarded,
-            about: &out.about,
-        };
-        let failed = match forward::send(upstream, &mut out.request, &gate).await {
-            Ok(sent) => return Ok((sent, cleared.map(|c| c.ticket))),
-            Err(failed) => failed,
-        };
-        let (Some(guarded), Some(cleared), Some((left, reason))) =
-            (guarded, cleared, failed.blocked)
-        else {
-            return Err(failed);
-        };
-        if rounds >= 3 {
-            guarded.metrics.refused(reason, cleared.class);
-            let error = guarded.refusal(out, left, reason, &upstream.limits);
-            return Err(forward::Failed { error, ..failed });
-        }
     }
 }
 

@@ -16,9 +16,9 @@ use http::{HeaderMap, HeaderName, Method};
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
-use super::Outbound;
 use super::body::RequestBody;
 use super::forward::deadline_source;
+use super::{Outbound, Upstream, forward};
 use crate::config::Limits;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{GuardGaugeSource, GuardView, RateLimitMetrics};
@@ -394,6 +394,62 @@ impl GuardGaugeSource for GuardGauges {
                     (window.to_string(), g.guard.used())
                 }),
             });
+        }
+    }
+}
+
+/// Clears the request with its upstream's rate-limit guard (when it has one), then sends it.
+/// A cooldown or hold that starts while the request takes its connection sends it back to the
+/// guard, which makes it wait or refuses it; nothing is sent into a cooldown.
+pub(super) async fn send_guarded(
+    upstream: &Upstream,
+    out: &mut Outbound,
+) -> Result<(forward::Sent, Option<crate::ratelimit::Ticket>), forward::Failed> {
+    let guarded = upstream.rate_limit.as_deref();
+    // Ends: the third time a block turns up after the checkout, the request is refused.
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let cleared = match guarded {
+            None => None,
+            Some(guarded) => Some(match guarded.clear_now(out) {
+                Some(cleared) => cleared,
+                // Boxed: waiting and reading bodies are the rare lane, kept out of the
+                // future hyper copies for every request.
+                None => Box::pin(guarded.clear(out, &upstream.limits))
+                    .await
+                    .map_err(|error| forward::Failed {
+                        error,
+                        queue_wait: std::time::Duration::ZERO,
+                        connect: std::time::Duration::ZERO,
+                        blocked: None,
+                    })?,
+            }),
+        };
+        let gate = forward::Gate {
+            class: cleared.map_or(
+                out.about
+                    .asked
+                    .priority
+                    .unwrap_or(crate::ratelimit::Class::Normal),
+                |c| c.class,
+            ),
+            guard: guarded,
+            about: &out.about,
+        };
+        let failed = match forward::send(upstream, &mut out.request, &gate).await {
+            Ok(sent) => return Ok((sent, cleared.map(|c| c.ticket))),
+            Err(failed) => failed,
+        };
+        let (Some(guarded), Some(cleared), Some((left, reason))) =
+            (guarded, cleared, failed.blocked)
+        else {
+            return Err(failed);
+        };
+        if rounds >= 3 {
+            guarded.metrics.refused(reason, cleared.class);
+            let error = guarded.refusal(out, left, reason, &upstream.limits);
+            return Err(forward::Failed { error, ..failed });
         }
     }
 }
