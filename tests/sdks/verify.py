@@ -1,7 +1,7 @@
 """What the fake exchange saw from the SDKs: every order exactly once and signed, nothing of
 sidepool's own headers, and few TLS connections for many requests (sidepool pooled them).
 
-  verify.py RECORD RUN_ID
+  verify.py RECORD RUN_ID SDK...     (SDK: pybit pybinance connector okx hl)
 """
 
 import collections
@@ -9,7 +9,14 @@ import json
 import sys
 
 
-def main(record_path, run):
+def marker(sdk, run):
+    """What identifies an SDK's order in the exchange's record (its client order id)."""
+    if sdk == "hl":
+        return "0x" + run.encode().hex().rjust(32, "0")[-32:]
+    return f"{sdk}{run}"[:32]
+
+
+def main(record_path, run, *sdks):
     seen = [json.loads(line) for line in open(record_path, encoding="utf-8") if line.strip()]
     problems = []
     orders = collections.Counter()
@@ -18,10 +25,10 @@ def main(record_path, run):
             problems.append(f"bad signature: {r['method']} {r['host']}{r['target']}")
         if r["sidepool_headers"]:
             problems.append(f"sidepool headers reached the exchange: {r['sidepool_headers']}")
-        for sdk in ("pybit", "pybinance", "connector", "okx"):
-            if f"{sdk}{run}"[:32] in r["body"] + r["target"]:
+        for sdk in sdks:
+            if marker(sdk, run) in r["body"] + r["target"]:
                 orders[sdk] += 1
-    for sdk in ("pybit", "pybinance", "connector", "okx"):
+    for sdk in sdks:
         if orders[sdk] != 1:
             problems.append(f"{sdk}: its order reached the exchange {orders[sdk]} times, not once")
     conns = collections.defaultdict(set)
