@@ -102,6 +102,8 @@ class Handler(BaseHTTPRequestHandler):
         t = now_ms()
         if path == "/v5/market/time":
             result = {"timeSecond": str(t // 1000), "timeNano": str(t * 1_000_000)}
+        elif path == "/v5/market/tickers" and query == "category=spot&symbol=BTCUSDT":
+            result = {"category": "spot", "list": [{"symbol": "BTCUSDT", "lastPrice": "64210.5"}]}
         elif path == "/v5/order/create" and signed:
             order = json.loads(body)
             result = {"orderId": "1", "orderLinkId": order.get("orderLinkId", "")}

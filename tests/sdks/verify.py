@@ -1,7 +1,7 @@
 """What the fake exchange saw from the SDKs: every order exactly once and signed, nothing of
 sidepool's own headers, and few TLS connections for many requests (sidepool pooled them).
 
-  verify.py RECORD RUN_ID SDK...     (SDK: pybit pybinance connector okx nodebybit nodebinance hl)
+  verify.py RECORD RUN_ID SDK...     (SDK: pybit pybinance connector okx nodebybit nodebinance ccxtjs hl)
 """
 
 import collections
