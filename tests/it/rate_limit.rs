@@ -447,7 +447,9 @@ async fn naive_bots_sharing_a_budget_never_get_banned() {
         for status in b.await.unwrap() {
             match status {
                 StatusCode::OK => ok += 1,
-                StatusCode::TOO_MANY_REQUESTS => refused += 1,
+                // 429 rate_limited, or 503 pool_timeout for one woken by a new window at its
+                // deadline and then too late to send: sidepool's answers, never sent.
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => refused += 1,
                 other => panic!("unexpected {other}"),
             }
         }

@@ -162,11 +162,13 @@ async fn two_sidecars_flooding_stay_within_the_shared_budget() {
                 let mut ok = 0;
                 for n in 0..40 {
                     let path = format!("/ex/md?sidecar={i}&bot={bot}&n={n}");
-                    let status = send_fresh(proxy, get(&path)).await.0;
-                    assert!(
-                        status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS,
-                        "{status}"
-                    );
+                    let (status, headers, _) = send_fresh(proxy, get(&path)).await;
+                    // Refused (429 rate_limited), or woken at its deadline by a new window and
+                    // then too late to send (503 pool_timeout): never sent either way.
+                    let refused = headers
+                        .get("x-sidepool-error")
+                        .is_some_and(|k| k == "rate_limited" || k == "pool_timeout");
+                    assert!(status == StatusCode::OK || refused, "{status} {headers:?}");
                     ok += usize::from(status == StatusCode::OK);
                 }
                 ok
