@@ -27,6 +27,7 @@ import log_lines
 import quiet_spell
 import rate_pressure
 import shared_store
+import intercept_cost
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -93,6 +94,7 @@ class Bench:
         quiet_spell.add_ports(self.port, base)
         rate_pressure.add_ports(self.port, base)
         shared_store.add_ports(self.port, base)
+        intercept_cost.add_ports(self.port, base)
         self.sidepool_bin = args.sidepool_bin
         self.procs = {}
         self.wrappers = {}
@@ -1053,7 +1055,8 @@ http {{
                      ("logging", lambda: log_lines.scenario(self)),
                      ("quiet_spell", lambda: quiet_spell.scenario(self)),
                      ("rate_pressure", lambda: rate_pressure.scenario(self)),
-                     ("shared_store", lambda: shared_store.scenario(self))]
+                     ("shared_store", lambda: shared_store.scenario(self)),
+                     ("intercept", lambda: intercept_cost.scenario(self))]
         for key, fn in scenarios:
             if only and key not in only:
                 continue
@@ -1184,7 +1187,7 @@ def main():
     p.add_argument("--sidepool-bin", required=True)
     p.add_argument("--port-base", type=int, default=27000)
     p.add_argument("--no-pin", dest="pin", action="store_false")
-    p.add_argument("--only", help="comma list: naive,keepalive,added_latency,growth,work,logging,quiet_spell,rate_pressure,shared_store")
+    p.add_argument("--only", help="comma list: naive,keepalive,added_latency,growth,work,logging,quiet_spell,rate_pressure,shared_store,intercept")
     p.add_argument("--command", default="bench/run")
     args = p.parse_args()
     args.seconds = 2 if args.quick else 5
