@@ -193,3 +193,84 @@ async fn with_interception_off_connect_stays_405() {
     assert!(!dir.exists(), "no CA is made while interception is off");
     sidepool.shutdown().await;
 }
+
+/// Inside an intercepted tunnel, a Host header naming another host is refused (403): the
+/// tunnel reaches its own upstream only. A client that opens a tunnel and never finishes its
+/// TLS handshake is closed after `header_read_timeout`; others are served meanwhile.
+#[tokio::test]
+async fn a_tunnel_reaches_only_its_host_and_a_stalled_handshake_is_closed() {
+    let upstream = TestUpstream::builder().start().await;
+    let dir = temp_dir().join("intercept-hostile");
+    let _ = std::fs::remove_dir_all(&dir);
+    let toml = config_toml("", &[https("ex", "exchange.test", upstream.port())]).replace(
+        "drain_timeout = \"5s\"",
+        "drain_timeout = \"5s\"\nheader_read_timeout = \"500ms\"",
+    ) + &format!(
+        "\n[intercept]\nenabled = true\nca_dir = {:?}\n",
+        dir.display().to_string()
+    );
+    let sidepool = Sidepool::start(&toml).await;
+    let target = format!("exchange.test:{}", upstream.port());
+
+    let (head, stalled) = connect(sidepool.proxy, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_, tcp) = connect(sidepool.proxy, &target).await;
+    let mut client = tls_client(tcp, &dir, "exchange.test").await.expect("TLS");
+    let req = Request::builder()
+        .uri("/v5/market/time")
+        .header("host", "other.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client.ready().await.expect("ready");
+    let response = client.send_request(req).await.expect("answer");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let (status, _) = send(&mut client, "GET", "/v5/market/time", b"").await;
+    assert_eq!(status, StatusCode::OK, "its own host still works");
+
+    let mut stalled = stalled;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, stalled.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a handshake that never comes is cut off");
+    let paths: Vec<String> = upstream
+        .received()
+        .into_iter()
+        .map(|r| r.path_and_query)
+        .collect();
+    assert_eq!(paths, ["/v5/market/time"]);
+    sidepool.shutdown().await;
+}
+
+/// The interception CA's private key never reaches the logs, even at trace level.
+#[tokio::test]
+async fn the_ca_key_never_reaches_the_logs_at_trace_level() {
+    use crate::support::harness::Process;
+    let upstream = TestUpstream::builder().start().await;
+    let dir = temp_dir().join("intercept-logs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let toml = config_toml("", &[https("ex", "exchange.test", upstream.port())])
+        + &format!(
+            "\n[intercept]\nenabled = true\nca_dir = {:?}\n",
+            dir.display().to_string()
+        );
+    let mut sidepool = Process::start("intercept-logs", &toml, &[("RUST_LOG", "trace")]).await;
+    let (head, tcp) = connect(
+        sidepool.proxy,
+        &format!("exchange.test:{}", upstream.port()),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut client = tls_client(tcp, &dir, "exchange.test").await.expect("TLS");
+    assert_eq!(send(&mut client, "GET", "/x", b"").await.0, StatusCode::OK);
+    sidepool.signal("TERM");
+    assert_eq!(sidepool.wait_exit().await, Some(0));
+    let key = std::fs::read_to_string(dir.join("ca.key")).expect("ca.key");
+    let log = sidepool.log_text();
+    assert!(log.contains("TRACE"), "trace logging was on");
+    for line in key
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+    {
+        assert!(!log.contains(line), "a line of the CA key is in the log");
+    }
+    assert!(!log.contains("PRIVATE KEY"), "a key block is in the log");
+}
