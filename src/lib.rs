@@ -64,8 +64,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The TLS client configuration could not be built.
-    #[error("{0}")]
-    Tls(String),
+    #[error("TLS client configuration")]
+    Tls(#[source] crate::connect::TlsSetupError),
     /// An upstream's host is not a valid TLS server name.
     #[error("upstream {upstream:?}: host {host:?} is not a valid TLS server name")]
     ServerName {

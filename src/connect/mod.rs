@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 pub use dns::{Addresses, DnsCache, Resolver};
 pub use stream::UpstreamStream;
-pub use tls::client_config;
+pub use tls::{TlsSetupError, client_config};
 
 use crate::StartError;
 use crate::config::{Config, UpstreamConfig};
@@ -55,7 +55,7 @@ pub struct Shared {
 
 impl Shared {
     /// Builds the resolver and the TLS client config from the validated config.
-    pub fn new(config: &Config) -> Result<Arc<Shared>, String> {
+    pub fn new(config: &Config) -> Result<Arc<Shared>, tls::TlsSetupError> {
         Ok(Arc::new(Shared {
             resolver: Resolver::new(config.dns.max_ttl, &config.dns.nameservers),
             tls: client_config(&config.tls.ca_certs)?,

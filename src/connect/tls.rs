@@ -8,20 +8,32 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
+/// Why the TLS client configuration could not be built (the config check catches the first
+/// one; both keep rustls's error as their source).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// A `tls.ca_files` certificate is not usable as a root.
+    #[error("tls.ca_files: a certificate cannot be used as a trust anchor")]
+    Root(#[source] rustls::Error),
+    /// The crypto provider refused the protocol versions.
+    #[error("TLS setup failed")]
+    Provider(#[source] rustls::Error),
+}
+
 /// Builds the shared client config. Uses the ring provider explicitly, never the process
 /// default, so no other crate's feature choice can change or break it.
-pub fn client_config(extra_roots: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in extra_roots {
-        roots.add(cert.clone()).map_err(|e| {
-            format!("tls.ca_files: a certificate cannot be used as a trust anchor: {e}")
-        })?;
+        roots.add(cert.clone()).map_err(TlsSetupError::Root)?;
     }
     let mut config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup failed: {e}"))?
+            .map_err(TlsSetupError::Provider)?
             .with_root_certificates(roots)
             .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
