@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::quick_ack::TunnelIo;
 use super::{Proxy, Tunnel};
 use crate::config::ListenConfig;
 use crate::error::{ErrorKind, ProxyError};
@@ -214,9 +215,10 @@ async fn accept_intercepted(
     config: Arc<rustls::ServerConfig>,
     host: &str,
     timeout: Duration,
-) -> Option<tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>> {
+) -> Option<tokio_rustls::server::TlsStream<TunnelIo>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(TokioIo::new(upgraded))).await {
+    let client = TunnelIo::new(upgraded);
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(client)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(err)) => {
             tracing::debug!(error = %err, host, "intercepted tunnel: TLS handshake failed");

@@ -20,6 +20,7 @@ mod forward;
 mod headers;
 mod listener;
 mod log;
+mod quick_ack;
 mod rate_limit;
 mod refresh;
 mod route;
