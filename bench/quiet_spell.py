@@ -25,6 +25,8 @@ import random
 import sys
 import time
 
+import prom
+
 CUTOFF_S = 2
 QUIET_S = 4
 RTT_MS = 20
@@ -119,12 +121,10 @@ def burst(b, target, n):
 
 def sidepool_counts(b, admin_port):
     """(connections opened, of which by the warm floor) so far."""
-    opened = warm = 0.0
-    for line in b.sidepool_metrics(admin_port).splitlines():
-        if line.startswith("http_pool_connections_opened_total{"):
-            opened += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("http_pool_warm_connects_total{") and 'result="ok"' in line:
-            warm += float(line.rsplit(" ", 1)[1])
+    text = b.sidepool_metrics(admin_port)
+    opened = sum(v for _, v in prom.samples(text, "http_pool_connections_opened_total"))
+    warm = sum(v for labels, v in prom.samples(text, "http_pool_warm_connects_total")
+               if labels.get("result") == "ok")
     return opened, warm
 
 

@@ -27,6 +27,8 @@ import ssl
 import sys
 import time
 
+import prom
+
 LIMIT = 300
 SECONDS = 12
 MD_WORKERS = 8
@@ -179,15 +181,13 @@ def tally(b):
 
 
 def guard_counts(b, name):
-    """sidepool's rate-limit counters: refused and held, by reason and class."""
+    """sidepool's rate-limit counters: refused and held, by reason and class (non-zero only)."""
+    text = b.sidepool_metrics(b.port[f"{name}_admin"])
     out = {}
-    for line in b.sidepool_metrics(b.port[f"{name}_admin"]).splitlines():
-        for family in ("refused", "held"):
-            if line.startswith(f"http_pool_rate_limit_{family}_total{{"):
-                value = float(line.rsplit(" ", 1)[1])
-                if value:
-                    labels = line[line.index("{") + 1:line.index("}")]
-                    out[f"{family} {labels}"] = value
+    for family in ("refused", "held"):
+        for labels, value in prom.samples(text, f"http_pool_rate_limit_{family}_total"):
+            if value:
+                out[f"{family} reason={labels['reason']} class={labels['class']}"] = value
     return out
 
 
