@@ -179,6 +179,10 @@ impl<S: Store> UpstreamGuard<S> {
         now: Instant,
         deadline: Instant,
     ) -> Option<Decision> {
+        if self.budget.is_none() && self.store.quiet() {
+            // No budget to spend and no cooldown or hold anywhere: nothing to ask.
+            return Some(Decision::Go(Ticket { window: None }));
+        }
         let Some(endpoint) = self.endpoint(request) else {
             return Some(Decision::Go(Ticket { window: None }));
         };
@@ -206,6 +210,9 @@ impl<S: Store> UpstreamGuard<S> {
     /// The cooldown or hold that blocks `request` now, if any (checked again once it holds a
     /// connection); spends nothing.
     pub fn blocked(&self, request: &RequestFacts<'_>) -> Option<(Duration, Reason)> {
+        if self.store.quiet() {
+            return None;
+        }
         let endpoint = self.endpoint(request)?;
         self.store.blocked(&self.key, &endpoint).map(blocked_by)
     }

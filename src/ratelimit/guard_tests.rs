@@ -332,3 +332,34 @@ async fn none_never_stops() {
         Decision::Go(t)
     );
 }
+
+#[tokio::test]
+async fn the_quiet_fast_path_ends_with_a_cooldown_and_returns_after_it() {
+    let r = rig("generic", "example.org", None);
+    assert!(r.store.quiet(), "nothing recorded yet");
+    let now = Instant::now();
+    let facts = get("/a");
+    let Decision::Go(ticket) = r.guard.admit(&facts, 1, Class::Normal, now, now).await else {
+        panic!()
+    };
+    let mut h = HeaderMap::new();
+    h.insert("retry-after", "2".parse().unwrap());
+    let response = ResponseFacts {
+        status: 429,
+        headers: &h,
+        body: None,
+    };
+    r.guard.observe(&facts, ticket, &response);
+    assert!(!r.store.quiet(), "a cooldown is in force");
+    assert!(matches!(
+        r.guard.admit_now(&facts, 1, Class::Normal, now, now),
+        Some(Decision::Refuse { .. })
+    ));
+    assert!(r.guard.blocked(&facts).is_some());
+    r.wall.fetch_add(2_000, Ordering::SeqCst);
+    assert!(r.store.quiet(), "the cooldown is over");
+    assert!(matches!(
+        r.guard.admit_now(&facts, 1, Class::Normal, now, now),
+        Some(Decision::Go(_))
+    ));
+}

@@ -264,6 +264,13 @@ impl Store for RedisStore {
         self.local.blocked(upstream, endpoint)
     }
 
+    /// The local view: what this sidecar and the other sidecars' messages recorded. A block
+    /// another sidecar wrote that this one has not heard of is found by the next decision
+    /// that asks the store (one with a budget to spend).
+    fn quiet(&self) -> bool {
+        self.local.quiet()
+    }
+
     fn cooldown_left(&self, upstream: &str) -> Duration {
         self.local.cooldown_left(upstream)
     }

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,6 +63,12 @@ pub trait Store: Send + Sync + 'static {
     /// once a request has its connection, so one admitted before a cooldown started is not
     /// sent into it. Spends nothing; a shared store answers from its local view.
     fn blocked(&self, upstream: &str, endpoint: &str) -> Option<Answer>;
+    /// True when no cooldown or hold is in force for any upstream, so a request that spends
+    /// no budget needs no lookup (the request path's common case). May say `false` when it
+    /// could say `true`, never the reverse.
+    fn quiet(&self) -> bool {
+        false
+    }
     /// Cooldown left for `upstream` (the cooldown gauge).
     fn cooldown_left(&self, upstream: &str) -> Duration;
     /// Weight counted in the current window of `upstream` (the budget gauge).
@@ -112,6 +119,9 @@ impl State {
 pub struct MemoryStore {
     clock: WallClock,
     state: Mutex<State>,
+    /// The latest end of any cooldown or hold recorded (wall ms): before it, lookups are
+    /// needed; after it, nothing is in force.
+    blocks_until: AtomicU64,
 }
 
 impl MemoryStore {
@@ -120,6 +130,7 @@ impl MemoryStore {
         MemoryStore {
             clock,
             state: Mutex::new(State::default()),
+            blocks_until: AtomicU64::new(0),
         }
     }
 
@@ -162,10 +173,12 @@ impl MemoryStore {
         };
         match change {
             Record::Cooldown(up, d) => {
+                self.blocks_until.fetch_max(later(d), Ordering::Relaxed);
                 let until = s.cooldowns.entry(up.to_owned()).or_insert(0);
                 extend(until, later(d))
             }
             Record::Hold(up, ep, d) => {
+                self.blocks_until.fetch_max(later(d), Ordering::Relaxed);
                 let until = s.holds.entry((up.to_owned(), ep.to_owned())).or_insert(0);
                 extend(until, later(d))
             }
@@ -185,6 +198,10 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn quiet(&self) -> bool {
+        (self.clock)() >= self.blocks_until.load(Ordering::Relaxed)
+    }
+
     fn blocked(&self, upstream: &str, endpoint: &str) -> Option<Answer> {
         let now = (self.clock)();
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -243,6 +260,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(m) => Some(m.decide_now(ask)),
             AnyStore::Redis(r) => r.decide_local(ask),
+        }
+    }
+
+    fn quiet(&self) -> bool {
+        match self {
+            AnyStore::Memory(m) => m.quiet(),
+            AnyStore::Redis(r) => r.quiet(),
         }
     }
 
