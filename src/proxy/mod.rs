@@ -9,6 +9,7 @@
 //! (the rest of a response a client left, read so the connection is kept), `log`
 //! (one line per request), `listener` (accept loop, client cap and connection settings),
 //! `setup` (building it all from the config), `tunnel` (CONNECT: port 80 and interception),
+//! `quick_ack` (an intercepted tunnel's client socket, acknowledging each read at once),
 //! `refresh` (DNS changes retire connections to old addresses), `server_timing` (the latency
 //! breakdown a bot can read from each answer), `warm` (the background task that keeps the
 //! warm floor open and fresh), `rate_limit` (the rate-limit guard on the request path: the
